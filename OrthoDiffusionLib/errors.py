@@ -1,0 +1,21 @@
+"""Errors a user can fix. The CLI prints them as one line (no traceback) and exits non-zero."""
+
+
+class UserError(Exception):
+    """A problem with the user's input or environment: say what is wrong and what to do."""
+
+    exit_code = 2
+
+
+class InputError(UserError):
+    """An input file, folder, manifest or value is unusable."""
+
+
+class CheckpointError(UserError):
+    """A weights file does not match the expected format, architecture or checksum."""
+
+
+class ResourceError(UserError):
+    """The job would exceed a resource limit (memory, voxels)."""
+
+    exit_code = 3
