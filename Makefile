@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/orthodiffusion demo --out demo-output
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	PYTHONUTF8=1 $(PY) -m pytest -q
 
 clean:
 	rm -rf $(VENV) demo-output

@@ -102,8 +102,11 @@ class AttentionBlock(nn.Module):
             q, k, v = (z.reshape(b * self.num_heads, ch, length) for z in qkv.chunk(3, dim=1))
         else:
             q, k, v = qkv.reshape(b * self.num_heads, 3 * ch, length).split(ch, dim=1)
-        out = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
-        return out.transpose(1, 2).reshape(b, -1, length)
+        # [B·H, ch, T] → [B·H, 1, T, ch] contiguous: the 4-D layout for which the CPU flash kernel
+        # is chosen (memory linear in T); other layouts fall back to materialising T×T.
+        q, k, v = (z.transpose(1, 2).unsqueeze(1).contiguous() for z in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return out.squeeze(1).transpose(1, 2).reshape(b, -1, length)
 
     def _forward(self, x):
         b, c, *spatial = x.shape
