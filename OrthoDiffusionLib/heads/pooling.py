@@ -1,0 +1,49 @@
+"""SAP (self-attention pooling) of one plane's feature map [B, C, d, h, w] into a [B, 2C] vector.
+
+SAP(F) = [mean_n x_n ; W_o · mean_n attn(X)_n]: global average pooling concatenated with the token
+mean of a multi-head self-attention over the N = d·h·w tokens. ``nn.MultiheadAttention`` applies its
+output projection per token; since it is affine, projecting then averaging equals averaging then
+projecting, so this is the published operator built from the torch block.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def largest_divisor_at_most(n: int, limit: int) -> int:
+    """Largest d <= limit dividing n (the head count must divide the channel count)."""
+    for d in range(max(1, min(limit, n)), 0, -1):
+        if n % d == 0:
+            return d
+    return 1
+
+
+def tokens(features: torch.Tensor) -> torch.Tensor:
+    """[B, C, d, h, w] -> [B, N, C]."""
+    if features.dim() != 5:
+        raise ValueError(f"expected features [B, C, d, h, w], got shape {tuple(features.shape)}")
+    return features.flatten(2).transpose(1, 2)
+
+
+class SAPPooling(nn.Module):
+    """Self-attention pooling; ``num_heads`` is lowered to the largest divisor of C not above it
+    (16 heads for C=256 as released; e.g. C=24 with 16 requested gives 12)."""
+
+    def __init__(self, in_channels: int, num_heads: int = 16):
+        super().__init__()
+        self.in_channels = int(in_channels)
+        self.num_heads = largest_divisor_at_most(self.in_channels, int(num_heads))
+        self.attention = nn.MultiheadAttention(self.in_channels, self.num_heads, batch_first=True)
+
+    @property
+    def out_features(self) -> int:
+        return 2 * self.in_channels
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        x = tokens(features)
+        if x.shape[-1] != self.in_channels:
+            raise ValueError(f"SAP built for {self.in_channels} channels, got {x.shape[-1]}")
+        attended, _ = self.attention(x, x, x, need_weights=False)
+        return torch.cat([x.mean(dim=1), attended.mean(dim=1)], dim=1)
