@@ -92,7 +92,7 @@ def test_evidence_volume_geometry_and_colours(scene, demo):
     ev = load_evidence_volume(scene, result, "acl", ref)
     assert same_geometry(ev, ref)
     assert ev.GetDisplayNode().GetColorNode().GetName() == "OrthoDiffusion Viridis"
-    file_max = sitk.GetArrayViewFromImage(sitk.ReadImage(str(result.path("evidence_ACL")))).max()
+    file_max = sitk.GetArrayFromImage(sitk.ReadImage(str(result.path("evidence_ACL")))).max()
     assert ev.GetImageData().GetScalarRange()[1] == pytest.approx(float(file_max))
     with pytest.raises(Exception):
         load_evidence_volume(scene, result, "PCL", ref)  # no evidence file for PCL

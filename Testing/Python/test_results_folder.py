@@ -66,7 +66,7 @@ def test_seg_nrrd_header_is_slicer_style(demo):
     assert img.GetMetaData("Segment10_Extent") == "0 -1 0 -1 0 -1"  # PCL absent: empty but present
     assert "SCT^71341001^Femur" in img.GetMetaData("Segment0_Tags")
     arr = sitk.GetArrayViewFromImage(img)
-    assert np.array_equal(arr, sitk.GetArrayViewFromImage(sitk.ReadImage(str(demo / "labels.nrrd"))))
+    assert np.array_equal(arr, sitk.GetArrayFromImage(sitk.ReadImage(str(demo / "labels.nrrd"))))
 
 
 def test_tampering_is_detected(demo, tmp_path):
