@@ -1,0 +1,87 @@
+"""``orthodiffusion predict``: one study (or a cohort manifest) → result folder(s).
+
+Stage tags on stdout for the Slicer module: [loading] [preprocess] [features] [segment]
+[diagnose] [writing].
+"""
+
+from __future__ import annotations
+
+
+def register(sub) -> None:
+    p = sub.add_parser("predict", help="segment and diagnose one knee study (or a cohort manifest)",
+                       description="Study = a DICOM folder, up to three NIfTI/NRRD files (one per plane) or one 3D "
+                                   "volume (reformatted into the three planes). Writes labels.nrrd, "
+                                   "segmentation.seg.nrrd, uncertainty.nrrd, findings.json/.csv, result.json. "
+                                   "Research use only, not for clinical decisions.")
+    p.add_argument("study", nargs="*", help="DICOM folder, NIfTI/NRRD files, or one 3D volume")
+    for plane in ("sagittal", "coronal", "axial"):
+        p.add_argument(f"--{plane}", default=None, help=f"{plane} series (file or DICOM folder)")
+    p.add_argument("--volume", default=None, help="one 3D volume, reformatted into the three planes")
+    p.add_argument("--manifest", default=None, help="cohort mode: predict every row of this manifest CSV")
+    p.add_argument("--workers", type=int, default=1, help="cohort mode: worker processes (default 1)")
+    p.add_argument("--model", default="knee-demo", help="model id or folder with model.json (default knee-demo)")
+    p.add_argument("--heads-version", default=None, help="head-set version (default: current)")
+    p.add_argument("--out", required=True, help="output folder (cohort mode: one sub-folder per study)")
+    p.add_argument("--ehr", default=None, help="age=54,sex=F,height_cm=170,weight_kg=70 or a JSON file")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--draws", type=int, default=3, help="noise draws K; spread = std over draws (default 3)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", default=None, choices=["sagittal", "coronal", "axial"],
+                   help="grid of the label map (default: sagittal when present)")
+    p.add_argument("--reformat", dest="reformat", action="store_true", default=None,
+                   help="reformat the best series into the planes no native series covers")
+    p.add_argument("--no-reformat", dest="reformat", action="store_false")
+    p.add_argument("--echo", type=int, default=None, help="echo (from 1) of a multi-echo input")
+    p.add_argument("--case-id", default=None)
+    p.add_argument("--cache", default=None, help="feature cache folder (default: per-user cache)")
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_run)
+
+
+def job_from_args(args):
+    from ..errors import UserError
+    from ..pipeline.config import PredictJob
+
+    inputs = list(args.study)
+    inputs += [getattr(args, p) for p in ("sagittal", "coronal", "axial") if getattr(args, p)]
+    reformat = args.reformat
+    if args.volume:
+        inputs.append(args.volume)
+        if reformat is None and len(inputs) == 1:
+            reformat = True
+    if not inputs:
+        raise UserError("no input study: give paths, --sagittal/--coronal/--axial, --volume or --manifest")
+    return PredictJob(inputs=inputs, out=args.out, model=args.model, device=args.device, draws=args.draws,
+                      seed=args.seed, reference=args.reference, ehr=args.ehr, reformat=reformat, echo=args.echo,
+                      heads_version=args.heads_version, cache=args.cache, no_cache=args.no_cache,
+                      case_id=args.case_id)
+
+
+def _print_summary(pred) -> None:
+    from .. import DISCLAIMER
+
+    r = pred.result
+    print(f"planes used: {', '.join(r.planes_present)}"
+          + (f" (reformatted: {', '.join(r.provenance['reformatted_planes'])})" if r.provenance["reformatted_planes"]
+             else "") + f"; reference grid: {r.reference_plane}")
+    for w in pred.warnings:
+        print(f"warning: {w}")
+    for f in r.findings:
+        dom = f.dominant_plane()
+        print(f"  {f.key:<5} p={f.probability:.3f} ±{f.spread:.3f} {'POS' if f.decision else 'neg'} "
+              f"(thr {f.threshold:.2f}; top plane {dom} {f.weight(dom):.2f})")
+    t = r.timings
+    print("timings: " + ", ".join(f"{k}={v}" for k, v in t.items()))
+    print(f"wrote {pred.out_dir}  [{DISCLAIMER}]")
+
+
+def _run(args) -> int:
+    if args.manifest:
+        from ..pipeline.cohort_predict import predict_cohort
+
+        return predict_cohort(args)
+    from ..pipeline.predict import predict_study
+
+    pred = predict_study(job_from_args(args), log=lambda m: print(m, flush=True))
+    _print_summary(pred)
+    return 0

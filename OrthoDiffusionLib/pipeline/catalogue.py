@@ -1,0 +1,277 @@
+"""Model catalogue: a model = per-plane backbones + a versioned head store + a feature spec per
+plane (t, block) + preprocessing + label sets, described by one JSON entry.
+
+Where models live:
+- shipped: ``Resources/Models/catalogue.json`` (entries with ``path`` relative to that folder);
+  the install tree is never written to;
+- per user: ``$ORTHODIFFUSION_HOME/models/<id>/model.json`` (default ``~/.orthodiffusion``):
+  models installed with ``orthodiffusion models install``, and the heads a user fits for a
+  shipped model (``<id>/heads``). A user-installed id shadows a shipped one.
+
+Version: major = label set changed, minor = quality (new backbones/heads), patch = other.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .. import DISCLAIMER
+from ..errors import CheckpointError, InputError, UserError
+from ..resources import resource_path
+from ..storage import atomic_write_json, file_lock, read_json, sha256_file
+
+PLANES = ("sagittal", "coronal", "axial")
+CATALOGUE_FORMAT = "orthodiffusion-catalogue"
+MODEL_FILE = "model.json"
+
+
+def home_dir() -> Path:
+    return Path(os.environ.get("ORTHODIFFUSION_HOME") or Path.home() / ".orthodiffusion")
+
+
+def user_models_dir() -> Path:
+    return home_dir() / "models"
+
+
+def shipped_catalogue_path() -> Path:
+    return resource_path("Models", "catalogue.json")
+
+
+@dataclass
+class ModelSpec:
+    id: str
+    version: str
+    root: Path                      # folder the entry's relative paths resolve against
+    planes: dict                    # plane -> {"backbone": file, "timestep": t, "block": name}
+    heads: str = "heads"
+    preprocessing: str = "released"
+    input: dict = field(default_factory=dict)
+    label_sets: dict = field(default_factory=lambda: {"findings": "knee-8", "structures": "knee-11"})
+    segmentation_planes: list = field(default_factory=lambda: ["sagittal"])
+    files: list = field(default_factory=list)  # [{"path", "sha256", "bytes"}]
+    source: str = "shipped"         # shipped | user
+    entry: dict = field(default_factory=dict)
+
+    # ---- paths
+    def backbone_path(self, plane: str) -> Path:
+        return self.root / self.planes[plane]["backbone"]
+
+    @property
+    def shipped_heads(self) -> Path:
+        return self.root / self.heads
+
+    @property
+    def user_dir(self) -> Path:
+        return user_models_dir() / self.id
+
+    @property
+    def user_heads(self) -> Path:
+        return self.user_dir / "heads"
+
+    def heads_for_read(self) -> Path:
+        """The user's fitted heads when they have a current version, else the model's own."""
+        from ..heads import HeadStore
+
+        if self.user_heads != self.shipped_heads and HeadStore(self.user_heads).current():
+            return self.user_heads
+        return self.shipped_heads
+
+    def heads_for_write(self) -> Path:
+        return self.user_heads
+
+    def feature_spec(self, plane: str, n_draws: int = 1, seed: int = 0):
+        from ..features import FeatureSpec
+
+        p = self.planes[plane]
+        return FeatureSpec(timesteps=(int(p["timestep"]),), blocks=(p["block"],), seed=seed, n_draws=n_draws,
+                           preprocessing=self.preprocessing)
+
+    def to_dict(self) -> dict:
+        return dict(self.entry)
+
+    def short(self) -> dict:
+        return {"id": self.id, "version": self.version, "source": self.source, "root": str(self.root)}
+
+
+def _spec_from_entry(entry: dict, root: Path, source: str) -> ModelSpec:
+    try:
+        return ModelSpec(id=entry["id"], version=entry["version"], root=root, planes=entry["planes"],
+                         heads=entry.get("heads", "heads"), preprocessing=entry.get("preprocessing", "released"),
+                         input=entry.get("input", {}), label_sets=entry.get("label_sets", {}),
+                         segmentation_planes=list(entry.get("segmentation_planes", ["sagittal"])),
+                         files=list(entry.get("files", [])), source=source, entry=entry)
+    except KeyError as exc:
+        raise InputError(f"model entry lacks the field {exc}") from None
+
+
+def validate_entry(entry: dict) -> None:
+    import jsonschema
+
+    schema = json.loads(resource_path("Schemas", "catalogue.schema.json").read_text(encoding="utf-8"))
+    try:
+        jsonschema.validate(entry, schema["$defs"]["model"] | {"$defs": schema["$defs"]})
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
+        raise InputError(f"model entry: {where}: {exc.message}") from None
+
+
+def shipped_models() -> list[ModelSpec]:
+    path = shipped_catalogue_path()
+    if not path.is_file():
+        return []
+    cat = read_json(path)
+    return [_spec_from_entry(e, (path.parent / e.get("path", e["id"])).resolve(), "shipped") for e in cat["models"]]
+
+
+def user_models() -> list[ModelSpec]:
+    out = []
+    root = user_models_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            f = d / MODEL_FILE
+            if f.is_file():
+                out.append(_spec_from_entry(read_json(f), d.resolve(), "user"))
+    return out
+
+
+def list_models() -> list[ModelSpec]:
+    users = user_models()
+    ids = {m.id for m in users}
+    return users + [m for m in shipped_models() if m.id not in ids]
+
+
+def get_model(model_id: str) -> ModelSpec:
+    """A model by id, or by path to a folder holding ``model.json``."""
+    p = Path(model_id).expanduser()
+    if (p / MODEL_FILE).is_file():
+        return _spec_from_entry(read_json(p / MODEL_FILE), p.resolve(), "folder")
+    for m in list_models():
+        if m.id == model_id:
+            return m
+    known = ", ".join(m.id for m in list_models()) or "none"
+    raise UserError(f"unknown model '{model_id}' (known: {known}); `orthodiffusion models list` shows them, "
+                    f"`orthodiffusion models install PATH` adds one")
+
+
+def file_record(root: Path, rel: str) -> dict:
+    f = root / rel
+    return {"path": rel, "sha256": sha256_file(f), "bytes": f.stat().st_size}
+
+
+def verify_model(spec: ModelSpec, heads: bool = True) -> list[str]:
+    """Problems found (empty = OK): every listed file's size and sha256, the backbones present,
+    and the head store version in use (its own sha256)."""
+    problems = []
+    for rec in spec.files:
+        f = spec.root / rec["path"]
+        if not f.is_file():
+            problems.append(f"{rec['path']}: missing")
+            continue
+        if "bytes" in rec and f.stat().st_size != rec["bytes"]:
+            problems.append(f"{rec['path']}: size {f.stat().st_size} != {rec['bytes']} in the catalogue")
+            continue
+        actual = sha256_file(f)
+        if actual != rec["sha256"]:
+            problems.append(f"{rec['path']}: sha256 {actual[:12]}… != {rec['sha256'][:12]}… in the catalogue "
+                            f"(file changed or corrupted)")
+    listed = {r["path"] for r in spec.files}
+    for plane in spec.planes:
+        rel = spec.planes[plane]["backbone"]
+        if not (spec.root / rel).is_file():
+            if rel not in listed:
+                problems.append(f"{rel}: backbone for {plane} missing")
+        elif rel not in listed:
+            problems.append(f"{rel}: backbone for {plane} has no sha256 in the catalogue")
+    if heads:
+        from ..heads import HeadStore
+
+        store = HeadStore(spec.heads_for_read())
+        if not store.current():
+            problems.append(f"{store.root}: no fitted heads (run `orthodiffusion fit --model {spec.id} ...`)")
+        else:
+            try:
+                store.verify()
+            except CheckpointError as exc:
+                problems.append(str(exc))
+    return problems
+
+
+def install_model(src: str | os.PathLike, force: bool = False) -> ModelSpec:
+    """Install a model folder or .zip (holding ``model.json`` at its top or in one sub-folder) into
+    the user's model folder, after checking every file's sha256. Never touches the install tree."""
+    src = Path(src).expanduser()
+    if not src.exists():
+        raise InputError(f"{src}: not found")
+    with tempfile.TemporaryDirectory(prefix="od-install-") as tmp:
+        if src.is_file():
+            if not zipfile.is_zipfile(src):
+                raise InputError(f"{src}: not a zip file or a folder")
+            with zipfile.ZipFile(src) as z:
+                for name in z.namelist():
+                    if name.startswith("/") or ".." in Path(name).parts:
+                        raise InputError(f"{src}: unsafe path in the archive: {name}")
+                z.extractall(tmp)
+            src_dir = Path(tmp)
+        else:
+            src_dir = src
+        if not (src_dir / MODEL_FILE).is_file():
+            subs = [d for d in src_dir.iterdir() if (d / MODEL_FILE).is_file()]
+            if len(subs) != 1:
+                raise InputError(f"{src}: no {MODEL_FILE} at the top level (or in exactly one sub-folder)")
+            src_dir = subs[0]
+        entry = read_json(src_dir / MODEL_FILE)
+        validate_entry(entry)
+        spec = _spec_from_entry(entry, src_dir, "user")
+        problems = verify_model(spec, heads=False)
+        if problems:
+            raise CheckpointError(f"{src}: refused: " + "; ".join(problems))
+        dest = user_models_dir() / spec.id
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with file_lock(dest.parent / ".install.lock"):
+            if dest.exists():
+                if not force:
+                    raise UserError(f"model '{spec.id}' is already installed in {dest} (use --force to replace)")
+            staging = Path(tempfile.mkdtemp(prefix=f".{spec.id}-", dir=dest.parent))
+            shutil.copytree(src_dir, staging, dirs_exist_ok=True)
+            if dest.exists():
+                old = dest.with_name(f".{spec.id}-old")
+                shutil.rmtree(old, ignore_errors=True)
+                dest.rename(old)
+                staging.rename(dest)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                staging.rename(dest)
+    return get_model(spec.id)
+
+
+def refresh_file_records(catalogue_path: Path, model_id: str, extra: list[str] | None = None,
+                         measured: dict | None = None) -> dict:
+    """Maintainer helper: recompute sizes/sha256 of a shipped entry's backbones (+ their manifests,
+    + ``extra`` paths) and optionally merge measured numbers. Returns the entry."""
+    cat = read_json(catalogue_path)
+    for entry in cat["models"]:
+        if entry["id"] != model_id:
+            continue
+        root = (catalogue_path.parent / entry.get("path", entry["id"])).resolve()
+        rels = []
+        for p in entry["planes"].values():
+            rels += [p["backbone"], str(Path(p["backbone"]).with_suffix(".json"))]
+        rels += list(extra or [])
+        entry["files"] = [file_record(root, r) for r in rels if (root / r).is_file()]
+        if measured:
+            entry.setdefault("measured", {}).update(measured)
+        validate_entry(entry)
+        atomic_write_json(catalogue_path, cat)
+        return entry
+    raise UserError(f"model '{model_id}' not in {catalogue_path}")
+
+
+def describe(spec: ModelSpec) -> str:
+    planes = ", ".join(f"{p} t={v['timestep']} {v['block']}" for p, v in spec.planes.items())
+    return f"{spec.id} {spec.version} [{spec.source}] planes: {planes}; heads: {spec.heads_for_read()}  ({DISCLAIMER})"

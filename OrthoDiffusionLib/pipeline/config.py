@@ -1,0 +1,89 @@
+"""One JSON-serialisable config object per job; the CLI, the Slicer module and the Python API
+build the same object (``from_dict`` validates, ``to_dict`` records it in outputs)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+
+from ..errors import UserError
+
+PLANES = ("sagittal", "coronal", "axial")
+TASKS = ("diagnosis", "segmentation", "all")
+
+
+def _from_dict(cls, data: dict):
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{cls.__name__}: unknown field(s) {', '.join(unknown)}")
+    obj = cls(**data)
+    obj.validate()
+    return obj
+
+
+@dataclass
+class FitJob:
+    manifest: str
+    model: str = "knee-demo"
+    task: str = "all"
+    label_fraction: float = 1.0
+    folds: int = 5
+    seed: int = 0
+    out: str | None = None               # head store; default: the model's user store
+    cache: str | None = None             # feature cache; default: per-user cache
+    device: str = "auto"
+    seg_plane: str = "sagittal"
+    max_epochs: int = 200
+    seg_epochs: int = 60
+    parent: str | None = None            # recorded parent version; default: the store's current
+
+    def validate(self) -> None:
+        if self.task not in TASKS:
+            raise UserError(f"--task must be one of {', '.join(TASKS)}, got '{self.task}'")
+        if not 0 < self.label_fraction <= 1:
+            raise UserError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
+        if self.folds < 2:
+            raise UserError(f"--folds must be ≥ 2, got {self.folds}")
+        if self.seg_plane not in PLANES:
+            raise UserError(f"segmentation plane must be one of {', '.join(PLANES)}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FitJob":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class PredictJob:
+    inputs: list = field(default_factory=list)   # study paths (positional / --sagittal ... / --volume)
+    out: str = "orthodiffusion-output"
+    model: str = "knee-demo"
+    device: str = "auto"
+    draws: int = 3
+    seed: int = 0
+    reference: str | None = None        # reference plane; default sagittal, else the first present
+    ehr: dict | None = None
+    reformat: bool | None = None
+    echo: int | None = None
+    evidence: bool = False
+    heads_version: str | None = None
+    cache: str | None = None
+    no_cache: bool = False
+    case_id: str | None = None
+
+    def validate(self) -> None:
+        if not self.inputs:
+            raise UserError("no input: give a DICOM folder, up to three NIfTI/NRRD files or one 3D volume")
+        if not 1 <= self.draws <= 32:
+            raise UserError(f"--draws must be between 1 and 32, got {self.draws}")
+        if self.reference is not None and self.reference not in PLANES:
+            raise UserError(f"--reference must be one of {', '.join(PLANES)}, got '{self.reference}'")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PredictJob":
+        return _from_dict(cls, data)

@@ -1,0 +1,207 @@
+"""Cohort → fitted, versioned head set: diagnosis (MPAE, + EHR late fusion when the manifest has
+EHR columns) and segmentation (one plane's decoder on that plane's network grid, partial labels
+from ``annotated_classes``). Metrics on the manifest's ``val`` split go into the head manifest.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import numpy as np
+import torch
+
+from .. import DISCLAIMER, __version__
+from ..errors import UserError
+from .config import FitJob
+
+PLANES = ("sagittal", "coronal", "axial")
+
+
+def _labels(rows, keys) -> np.ndarray:
+    return np.array([[np.nan if r.findings.get(k) is None else float(r.findings[k]) for k in keys] for r in rows],
+                    dtype=np.float32).reshape(len(rows), len(keys))
+
+
+def _aurocs(y: np.ndarray, p: np.ndarray, keys) -> dict:
+    from sklearn.metrics import roc_auc_score
+
+    out = {}
+    for k, key in enumerate(keys):
+        known = ~np.isnan(y[:, k])
+        yk = y[known, k]
+        out[key] = float(roc_auc_score(yk, p[known, k])) if yk.size and 0 < yk.sum() < yk.size else None
+    vals = [v for v in out.values() if v is not None]
+    return {"auroc": out, "macro_auroc": float(np.mean(vals)) if vals else None, "n": int(len(y))}
+
+
+def _dice(pred: torch.Tensor, target: torch.Tensor, values, keys) -> dict:
+    out = {}
+    for v, key in zip(values, keys):
+        scores = []
+        for a, b in zip(pred, target):
+            valid = b >= 0
+            pa, pb = (a == v) & valid, (b == v) & valid
+            denom = int(pa.sum() + pb.sum())
+            if int(pb.sum()) > 0:
+                scores.append(2.0 * float((pa & pb).sum()) / denom)
+        out[key] = float(np.mean(scores)) if scores else None
+    vals = [v for v in out.values() if v is not None]
+    return {"dice": out, "mean_dice": float(np.mean(vals)) if vals else None, "n": int(len(pred))}
+
+
+def annotated_mask(rows, structure_keys) -> torch.Tensor:
+    """bool [N, 1 + n_structures]; background always annotated; no column = everything annotated."""
+    m = torch.ones(len(rows), 1 + len(structure_keys), dtype=torch.bool)
+    for i, r in enumerate(rows):
+        if r.annotated_classes is not None:
+            have = set(r.annotated_classes)
+            m[i, 1:] = torch.tensor([k in have for k in structure_keys])
+    return m
+
+
+def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
+    """Run a fit job; returns {"version", "store", "manifest", "seconds"}."""
+    from ..cohort import read_manifest
+    from ..device import resolve_device
+    from ..evaluation.classification import choose_thresholds
+    from ..features import FeatureCache
+    from ..heads import HeadStore, label_fraction_subset, load_head_set, save_head_set
+    from ..heads.fit import FitConfig, fit_ehr_fusion, fit_mpae, fit_segmentation
+    from ..labelsets import load_label_set
+    from .catalogue import get_model
+    from .cohort_features import extract_cohort, load_backbones
+
+    job.validate()
+    t_start = time.perf_counter()
+    torch.set_num_threads(1)  # tiny heads: one thread is much faster on a shared CPU
+    spec = get_model(job.model)
+    finding_set = spec.label_sets.get("findings", "knee-8")
+    structure_set = load_label_set(spec.label_sets.get("structures", "knee-11"))
+    manifest = read_manifest(job.manifest, label_set=finding_set)
+    keys = load_label_set(finding_set).keys
+    train_rows = [r for r in manifest.rows if r.split in (None, "train")]
+    val_rows = [r for r in manifest.rows if r.split == "val"]
+    if len(train_rows) < 4:
+        raise UserError(f"{job.manifest}: {len(train_rows)} training rows; fitting needs at least 4")
+    do_diag = job.task in ("diagnosis", "all")
+    do_seg = job.task in ("segmentation", "all")
+
+    y_all = _labels(train_rows, keys)
+    groups = [r.patient_id for r in train_rows]
+    if job.label_fraction < 1:
+        keep = np.sort(label_fraction_subset(y_all, job.label_fraction, job.seed, groups))
+        train_rows = [train_rows[i] for i in keep]
+        log(f"label fraction {job.label_fraction}: {len(train_rows)} training cases")
+
+    device = resolve_device(job.device)
+    cache = FeatureCache(job.cache)
+    backbones = load_backbones(spec, device=device)
+    seg_plane = job.seg_plane if do_seg else None
+    timings = {}
+    t0 = time.perf_counter()
+    log(f"[features] {len(train_rows)} train + {len(val_rows)} val cases, planes {', '.join(backbones)}")
+    with torch.no_grad():
+        tr = extract_cohort(train_rows, spec, device, cache, seg_plane, job.seed, progress, backbones)
+        va = extract_cohort(val_rows, spec, device, cache, seg_plane, job.seed, progress, backbones) if val_rows else None
+    timings["features_s"] = round(time.perf_counter() - t0, 2)
+
+    store_dir = job.out or str(spec.heads_for_write())
+    store = HeadStore(store_dir)
+    parent = job.parent or store.current()
+    # heads not refitted by this job come from the parent (or the model's current heads)
+    base_dir, base_version = (store_dir, parent) if parent else (str(spec.heads_for_read()), None)
+    modules, base_manifest = {}, {}
+    if HeadStore(base_dir).current():
+        modules, base_manifest = load_head_set(base_dir, base_version)
+    metrics = dict(base_manifest.get("metrics", {}))
+    thresholds = dict(base_manifest.get("thresholds", {}))
+    data_summary = {"manifest": str(manifest.path), "n_train": len(train_rows), "n_val": len(val_rows),
+                    "label_fraction": job.label_fraction,
+                    "centers": sorted({r.center for r in train_rows if r.center}),
+                    "positives_train": {k: int(np.nansum(_labels(train_rows, keys)[:, i])) for i, k in enumerate(keys)},
+                    "synthetic": any(str(r.study_id).startswith("SYN") for r in train_rows)}
+
+    if do_diag:
+        t0 = time.perf_counter()
+        y = _labels(train_rows, keys)
+        cfg = FitConfig(seed=job.seed, max_epochs=job.max_epochs)
+        log(f"[diagnosis] MPAE: {job.folds}-fold out-of-fold experts, gate, refit ({len(keys)} labels)")
+        head, rep = fit_mpae(tr.features, y, tr.present, cfg=cfg, n_folds=job.folds,
+                             groups=[r.patient_id for r in train_rows])
+        modules = {k: v for k, v in modules.items() if k not in ("mpae", "ehr")}
+        modules["mpae"] = head
+        oof_logits = rep["oof_logits"]
+        has_ehr = any(any(v not in (None, "") for v in r.ehr.values()) for r in train_rows)
+        ehr_head = None
+        if has_ehr:
+            log("[diagnosis] EHR late fusion on out-of-fold MRI logits")
+            records = [dict(r.ehr) for r in train_rows]
+            ehr_head, ehr_hist = fit_ehr_fusion(oof_logits, records, y, cfg=FitConfig(lr=1e-2, seed=job.seed))
+            modules["ehr"] = ehr_head
+            with torch.no_grad():
+                oof_logits = ehr_head(oof_logits, records)
+            metrics["ehr_alpha"] = dict(zip(keys, ehr_hist["alpha"]))
+        oof_p = torch.sigmoid(oof_logits).numpy()
+        th = choose_thresholds(y, oof_p, "youden", labels=keys)
+        thresholds = {k: (0.5 if (v is None or math.isnan(v)) else min(max(float(v), 0.0), 1.0)) for k, v in th.items()}
+        metrics["diagnosis_oof"] = _aurocs(y, oof_p, keys)
+        if va is not None:
+            with torch.no_grad():
+                logits = head(va.features, va.present).logits
+                if ehr_head is not None:
+                    logits = ehr_head(logits, [dict(r.ehr) for r in val_rows])
+            metrics["diagnosis_val"] = _aurocs(_labels(val_rows, keys), torch.sigmoid(logits).numpy(), keys)
+        timings["diagnosis_s"] = round(time.perf_counter() - t0, 2)
+        m = metrics.get("diagnosis_val") or metrics["diagnosis_oof"]
+        log(f"[diagnosis] done in {timings['diagnosis_s']} s; macro AUROC "
+            f"({'val' if 'diagnosis_val' in metrics else 'oof'}) {m['macro_auroc']}")
+
+    if do_seg:
+        t0 = time.perf_counter()
+        if tr.seg_targets is None or tr.features.get(seg_plane) is None:
+            raise UserError(f"{job.manifest}: no labels_{seg_plane} label maps among the training rows")
+        idx = np.flatnonzero(tr.seg_has_labels)
+        feats = tr.features[seg_plane][idx]
+        targets = tr.seg_targets[idx]
+        annotated = annotated_mask([train_rows[i] for i in idx], structure_set.keys)
+        n_classes = 1 + len(structure_set.keys)
+        log(f"[segment] {seg_plane} decoder on {len(idx)} label maps {tuple(targets.shape[1:])}, {n_classes} classes")
+        decoder, hist = fit_segmentation(feats, targets, n_classes, annotated,
+                                         cfg=FitConfig(lr=3e-3, batch_size=4, max_epochs=job.seg_epochs,
+                                                       patience=10, seed=job.seed))
+        modules[f"seg_{seg_plane}"] = decoder
+        metrics[f"segmentation_{seg_plane}_history"] = hist
+        if va is not None and va.seg_targets is not None:
+            vi = np.flatnonzero(va.seg_has_labels)
+            with torch.no_grad():
+                pred = decoder(va.features[seg_plane][vi]).argmax(1)
+            metrics[f"segmentation_{seg_plane}_val"] = _dice(pred, va.seg_targets[vi], structure_set.values,
+                                                             structure_set.keys)
+        timings["segmentation_s"] = round(time.perf_counter() - t0, 2)
+        md = (metrics.get(f"segmentation_{seg_plane}_val") or {}).get("mean_dice")
+        log(f"[segment] done in {timings['segmentation_s']} s; val mean Dice {md}")
+
+    head_manifest = {
+        "label_set": finding_set,
+        "structures_label_set": structure_set.id if hasattr(structure_set, "id") else spec.label_sets.get("structures"),
+        "task": job.task,
+        "model": {"id": spec.id, "version": spec.version},
+        "feature_spec": {p: {"timestep": int(v["timestep"]), "block": v["block"], "seed": job.seed,
+                             "preprocessing": spec.preprocessing} for p, v in spec.planes.items()},
+        "backbones": {p: sha for p, (_, sha) in backbones.items()},
+        "segmentation_planes": sorted(k[4:] for k in modules if k.startswith("seg_")),
+        "thresholds": thresholds,
+        "data_summary": data_summary,
+        "metrics": metrics,
+        "fit_job": job.to_dict(),
+        "timings": timings,
+        "derived_from": None if parent else ({"store": base_dir, "version": base_manifest.get("version")}
+                                             if base_manifest else None),
+        "software": {"orthodiffusion": __version__, "torch": torch.__version__},
+        "disclaimer": DISCLAIMER,
+    }
+    version = save_head_set(store_dir, modules, head_manifest, parent=parent)
+    seconds = round(time.perf_counter() - t_start, 2)
+    log(f"[writing] head set {version} (parent {parent}) in {store_dir}; {seconds} s")
+    return {"version": version, "store": str(store_dir), "manifest": head_manifest, "seconds": seconds}
