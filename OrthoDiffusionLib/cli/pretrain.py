@@ -1,0 +1,125 @@
+"""``orthodiffusion pretrain`` (self-supervised DDPM pretraining of one plane's backbone, single
+process or under torchrun) and ``orthodiffusion export`` (our backbone or a training checkpoint →
+the published ``{step, model, ema, opt}`` container)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser(
+        "pretrain", help="pretrain a plane's diffusion backbone on unlabeled volumes (DDPM)",
+        description="Unconditional DDPM pretraining (cosine schedule, ε-prediction, MSE, uniform t) of one "
+                    "plane's backbone on unlabeled volumes. Scale out with torchrun: "
+                    "`torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain …` (NCCL on GPUs, gloo on CPU). "
+                    "See docs/pretraining.md.")
+    p.add_argument("--plane", required=True, choices=["sagittal", "coronal", "axial"])
+    p.add_argument("--data", required=True, action="append",
+                   help="manifest CSV (column named after the plane), folder of NIfTI/NRRD/MHA, or a volume file; "
+                        "repeat to combine")
+    p.add_argument("--config", default="knee-demo",
+                   help="preset (knee-demo, tiny, released) or a JSON/YAML file (default: knee-demo)")
+    p.add_argument("--out", required=True, help="output folder (log, checkpoints, samples, backbone)")
+    p.add_argument("--steps", type=int, default=None, help="total optimizer steps (default 1000)")
+    p.add_argument("--batch-size", type=int, default=None, help="volumes per step and per process")
+    p.add_argument("--lr", type=float, default=None)
+    p.add_argument("--optimizer", choices=["adamw", "adam"], default=None)
+    p.add_argument("--weight-decay", type=float, default=None)
+    p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (0 = off; default 1.0)")
+    p.add_argument("--ema-decay", type=float, default=None)
+    p.add_argument("--ema-start", type=int, default=None, help="EMA = plain copy of the weights up to this step")
+    p.add_argument("--ema-every", type=int, default=None)
+    p.add_argument("--resume", nargs="?", const="auto", default=None,
+                   help="continue from OUT/checkpoints/latest, or from the given checkpoint folder")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--device", default=None, help="auto, cpu or cuda (default auto)")
+    p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (and at the end)")
+    p.add_argument("--keep-checkpoints", type=int, default=None, help="keep the newest N checkpoints (0 = all)")
+    p.add_argument("--eval-every", type=int, default=None, help="held-out denoising loss every N steps (0 = off)")
+    p.add_argument("--eval-timesteps", default=None, help="comma-separated t values for the held-out loss")
+    p.add_argument("--heldout", type=int, default=None, help="volumes held out for evaluation (default 1)")
+    p.add_argument("--sample-every", type=int, default=None, help="PNG of DDIM samples every N steps (and at the end)")
+    p.add_argument("--sample-steps", type=int, default=None, help="DDIM steps for the sample PNG (default 10)")
+    p.add_argument("--n-samples", type=int, default=None)
+    p.add_argument("--grad-checkpointing", action="store_true", default=None)
+    p.add_argument("--amp", nargs="?", const="bf16", default=None, choices=["none", "fp16", "bf16"],
+                   help="mixed precision on CUDA (bare --amp = bf16); ignored with a message on the CPU")
+    p.add_argument("--preprocessing", choices=["released", "spacing"], default=None)
+    p.add_argument("--echoes", default=None, help="'all' (default: each echo of a 4D file is a volume) or an echo number")
+    p.add_argument("--no-reformat", dest="reformat", action="store_false", default=None,
+                   help="skip volumes acquired in another plane instead of reformatting them")
+    p.add_argument("--no-augment", dest="augment", action="store_false", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads per process")
+    p.add_argument("--no-progress", dest="progress", action="store_false", default=None)
+    p.set_defaults(func=run_pretrain)
+
+    e = subparsers.add_parser(
+        "export", help="write a backbone (or a pretraining checkpoint) as the published .pt container",
+        description="Write our .safetensors backbone, or a pretraining checkpoint folder (EMA → 'ema', raw "
+                    "weights → 'model'), as the published {step, model, ema, opt} container with denoise_fn. "
+                    "keys and the diffusion buffers, loadable with torch.load(weights_only=True).")
+    src = e.add_mutually_exclusive_group(required=True)
+    src.add_argument("--backbone", help="our <name>.safetensors (+ .json manifest)")
+    src.add_argument("--checkpoint", help="a pretraining checkpoint folder (OUT/checkpoints/step_XXXXXX)")
+    e.add_argument("--out", required=True, help="destination .pt")
+    e.add_argument("--step", type=int, default=None, help="step to record (default: from the source)")
+    e.set_defaults(func=run_export)
+
+
+def run_pretrain(args: argparse.Namespace) -> int:
+    import shlex
+    import sys
+
+    from ..training.presets import load_config
+    from ..training.pretrain import run_pretraining, train_config_from
+
+    model_config, train_defaults = load_config(args.config)
+    eval_ts = tuple(int(v) for v in args.eval_timesteps.split(",")) if args.eval_timesteps else None
+    cfg = train_config_from(
+        train_defaults, plane=args.plane, data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
+        lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        grad_clip=args.grad_clip, ema_decay=args.ema_decay, ema_start=args.ema_start, ema_every=args.ema_every,
+        seed=args.seed, device=args.device, amp=args.amp, grad_checkpointing=args.grad_checkpointing,
+        ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
+        eval_timesteps=eval_ts, heldout=args.heldout, sample_every=args.sample_every, sample_steps=args.sample_steps,
+        n_samples=args.n_samples, preprocessing=args.preprocessing, echoes=args.echoes, reformat=args.reformat,
+        augment=args.augment, threads=args.threads, progress=args.progress, resume=args.resume,
+        command="orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    summary = run_pretraining(cfg, model_config)
+    if summary["rank"] == 0:
+        print(f"{cfg.plane}: steps {summary['start_step']}→{summary['end_step']} in {summary['wall_s']:.1f} s "
+              f"({summary['steps_per_s']:.3f} steps/s, world size {summary['world_size']})")
+        if summary.get("backbone"):
+            print(f"EMA backbone: {summary['backbone']}")
+    return 0
+
+
+def run_export(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..backbone.official import export_official
+    from ..errors import InputError
+
+    out = Path(args.out)
+    if out.suffix not in {".pt", ".pth"}:
+        raise InputError("--out must end in .pt or .pth")
+    if args.backbone:
+        from ..backbone.checkpoints import load_backbone
+
+        model, info = load_backbone(args.backbone)
+        step = args.step if args.step is not None else int(info.get("provenance", {}).get("steps") or 0)
+        export_official(model.state_dict(), out, step=step)
+    else:
+        from ..training.pretrain import load_checkpoint_weights
+
+        ck = Path(args.checkpoint)
+        if not (ck / "state.json").is_file():
+            raise InputError(f"{ck} is not a pretraining checkpoint folder (no state.json)")
+        state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
+        step = args.step if args.step is not None else int(state["step"])
+        export_official(load_checkpoint_weights(ck, "ema"), out, step=step, model_sd=load_checkpoint_weights(ck, "model"))
+    print(f"wrote {out} (published container, step {step})")
+    return 0
