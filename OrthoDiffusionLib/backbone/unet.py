@@ -245,10 +245,14 @@ class DiffusionUNet(nn.Module):
             return k > stop
 
         emb = self.time_embed(timestep_embedding(t, self.config.num_channels))
+        # Skip tensors are only needed by the decoder; when the pass stops before it, dropping
+        # them frees the full-resolution activations (about 0.5 GB at 16×256×256).
+        need_skips = stop >= len(self.input_blocks) + len(self.middle_block)
         h, skips = x, []
         for i, block in enumerate(self.input_blocks):
             h = block(h, emb)
-            skips.append(h)
+            if need_skips:
+                skips.append(h)
             if keep(f"in_{i}", h):
                 return None, got
         for i, block in enumerate(self.middle_block):

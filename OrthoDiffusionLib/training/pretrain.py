@@ -41,7 +41,7 @@ from ..backbone.config import UNetConfig
 from ..backbone.schedule import CosineSchedule
 from ..backbone.unet import DiffusionUNet
 from ..errors import CheckpointError, InputError
-from ..storage import atomic_write_json, atomic_write_text, sha256_file
+from ..storage import atomic_write_text, sha256_file
 from . import distributed as dist_utils
 from .data import Augment, BatchStream, load_plane_volumes
 from .ema import EMA
