@@ -102,6 +102,10 @@ class FeatureExtractor:
                 if missing:
                     jobs.append((t, d))
         if jobs:
+            # Recompute the whole request in its canonical batches, not just the missing part:
+            # batch composition changes the last bits (oneDNN), so values must not depend on which
+            # entries another process happened to cache first.
+            jobs = [(t, d) for t in spec.timesteps for d in range(spec.n_draws)]
             computed = self._compute(x0, jobs, spec, case_hash, plane)
             for (t, d, b), value in computed.items():
                 found[(t, d, b)] = value

@@ -50,3 +50,14 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip("../shared/data is not present (optional real-data tests)")
     return SHARED_DATA
+
+
+@pytest.fixture()
+def one_thread():
+    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

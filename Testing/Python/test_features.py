@@ -114,3 +114,14 @@ def test_two_processes_write_same_cache(volume, tmp_path):
     for (t, blk), v in reread.items():
         np.testing.assert_array_equal(v.numpy(), a[f"{t}/{blk}"])
     assert not list(root.rglob("*.tmp*"))
+
+
+def test_partially_cached_request_equals_uncached(volume, tmp_path):
+    """Another process cached part of a request: the values must not change (batch-invariance)."""
+    cache = FeatureCache(tmp_path / "cache")
+    FeatureExtractor(_model(), cache=cache, backbone_sha256="s").extract(
+        volume, "case-p", "sagittal", FeatureSpec((50,), SPEC.blocks))
+    partial = FeatureExtractor(_model(), cache=cache, backbone_sha256="s").extract(volume, "case-p", "sagittal", SPEC)
+    uncached = FeatureExtractor(_model()).extract(volume, "case-p", "sagittal", SPEC)
+    for k in uncached:
+        assert torch.equal(partial[k], uncached[k]), k

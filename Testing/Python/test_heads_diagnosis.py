@@ -8,13 +8,7 @@ from OrthoDiffusionLib.heads import (PLANES, ConcatFusionHead, CrossAttentionFus
 from OrthoDiffusionLib.heads.pooling import largest_divisor_at_most
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _features(b=3, c=32, shape=(1, 4, 4), seed=0):

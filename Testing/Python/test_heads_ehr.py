@@ -10,13 +10,7 @@ from OrthoDiffusionLib.heads import EHRFusionHead, encode_ehr, fit_ehr_spec
 from OrthoDiffusionLib.heads.fit import FitConfig, fit_ehr_fusion
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 RECORDS = [
     {"age": 30, "sex": "F", "height_cm": 165, "weight_kg": 60, "patient_type": "outpatient", "event": "sport"},

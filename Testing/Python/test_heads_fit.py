@@ -11,13 +11,7 @@ from OrthoDiffusionLib.heads import (PLANES, aggregate_by_patient, iterative_str
 from OrthoDiffusionLib.heads.fit import FitConfig, fit_mpae, fit_segmentation
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _planted(n, seed):

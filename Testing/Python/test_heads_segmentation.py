@@ -9,13 +9,7 @@ import torch
 from OrthoDiffusionLib.heads import PartialLabelSegLoss, SegmentationDecoder, fuse_plane_probabilities, upsampling_plan
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_plan_matches_released_config_and_anisotropic_depth():

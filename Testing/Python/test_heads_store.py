@@ -11,13 +11,7 @@ from OrthoDiffusionLib.heads import PLANES, EHRFusionHead, HeadStore, MPAEHead, 
 from OrthoDiffusionLib.heads import load_head_set, save_head_set
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models train far faster on one thread when the two cores are shared (no oversubscription)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FEATURE_SPEC = {p: {"timestep": 100, "block": "mid_2", "channels": 16, "shape": [1, 4, 4]} for p in PLANES}
 

@@ -15,7 +15,7 @@ from OrthoDiffusionLib.synth.template import ACL, LAT_MEN, MED_MEN, PATELLA
 
 CFG = SynthConfig(seed=11, centers=("center_a",), base_maps=("a",), working_mm=1.0, motion=False)
 NONE = {k: 0 for k in FINDING_KEYS}
-KEYS = ("ACL", "PCL", "MCL", "LCL")
+KEYS = ("ACL", "PCL", "MCL", "LCL", "MM", "LM", "PD", "EFFU")
 
 
 @pytest.fixture(scope="module")
