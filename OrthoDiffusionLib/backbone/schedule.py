@@ -45,14 +45,15 @@ class CosineSchedule:
         return (x_t - b * eps) / a
 
     @torch.no_grad()
-    def ddim_sample(self, model, shape, steps: int = 10, generator: torch.Generator | None = None,
-                    device="cpu") -> torch.Tensor:
-        """Deterministic DDIM (eta = 0) sampling with a few steps, for visual checks of pretraining."""
-        x = torch.randn(shape, generator=generator, device=device)
+    def ddim_sample(self, model, shape=None, steps: int = 10, generator: torch.Generator | None = None,
+                    device="cpu", noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Deterministic DDIM (eta = 0) sampling with a few steps, for visual checks of pretraining.
+        Starts from ``noise`` when given (fixed samples across checkpoints), else draws it."""
+        x = noise.to(device) if noise is not None else torch.randn(shape, generator=generator, device=device)
         ts = np.linspace(self.timesteps - 1, 0, steps).round().astype(int)
         for i, t in enumerate(ts):
-            tt = torch.full((shape[0],), int(t), device=device, dtype=torch.long)
-            eps = model(x, tt)
+            tt = torch.full((x.shape[0],), int(t), device=device, dtype=torch.long)
+            eps = model(x, tt).float()
             x0 = self.predict_x0(x, tt, eps).clamp(-1, 1)
             if i + 1 < len(ts):
                 a_next = self.alphas_cumprod[int(ts[i + 1])].to(device)

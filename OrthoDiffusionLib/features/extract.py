@@ -8,7 +8,7 @@ drew fresh noise each pass; its features were not reproducible).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -30,7 +30,6 @@ class FeatureSpec:
     seed: int = 0
     n_draws: int = 1
     preprocessing: str = "released"  # part of the cache key: how the volume was normalised
-    extra: dict = field(default_factory=dict, compare=False)
 
     def __post_init__(self):
         object.__setattr__(self, "timesteps", tuple(int(t) for t in self.timesteps))
@@ -89,27 +88,21 @@ class FeatureExtractor:
         if x0.ndim == 3:
             x0 = x0[None]
         self.model.check_input_shape(x0.shape)
-        found, jobs = {}, []
-        for t in spec.timesteps:
-            for d in range(spec.n_draws):
-                missing = False
-                for b in spec.blocks:
-                    hit = self.cache.get(self._key(case_hash, plane, spec, t, b, d)) if self.cache else None
-                    if hit is None:
-                        missing = True
-                    else:
-                        found[(t, d, b)] = hit
-                if missing:
-                    jobs.append((t, d))
-        if jobs:
+        keys = [(t, d, b) for t in spec.timesteps for d in range(spec.n_draws) for b in spec.blocks]
+        found = {}
+        for t, d, b in keys if self.cache is not None else ():
+            hit = self.cache.get(self._key(case_hash, plane, spec, t, b, d))
+            if hit is None:
+                break
+            found[(t, d, b)] = hit
+        if len(found) < len(keys):
             # Recompute the whole request in its canonical batches, not just the missing part:
             # batch composition changes the last bits (oneDNN), so values must not depend on which
             # entries another process happened to cache first.
             jobs = [(t, d) for t in spec.timesteps for d in range(spec.n_draws)]
-            computed = self._compute(x0, jobs, spec, case_hash, plane)
-            for (t, d, b), value in computed.items():
-                found[(t, d, b)] = value
-                if self.cache is not None:
+            found = self._compute(x0, jobs, spec, case_hash, plane)
+            if self.cache is not None:
+                for (t, d, b), value in found.items():
                     self.cache.put(self._key(case_hash, plane, spec, t, b, d), value)
         if progress is not None:
             progress.update(1)

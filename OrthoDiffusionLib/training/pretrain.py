@@ -237,7 +237,7 @@ def save_samples_png(path: Path, model, schedule: CosineSchedule, shape, n: int,
     g = torch.Generator(device="cpu").manual_seed(_rank_seed(seed, 0, 77))
     noise = torch.randn((n, 1, *shape), generator=g)
 
-    x = _ddim(model, schedule, noise.to(device), steps).cpu().numpy()
+    x = schedule.ddim_sample(model, steps=steps, device=device, noise=noise).cpu().numpy()
     cols = n + (1 if real is not None else 0)
     fig, axes = plt.subplots(1, cols, figsize=(2.4 * cols, 2.7))
     axes = np.atleast_1d(axes)
@@ -256,22 +256,6 @@ def save_samples_png(path: Path, model, schedule: CosineSchedule, shape, n: int,
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
     return path
-
-
-@torch.no_grad()
-def _ddim(model, schedule: CosineSchedule, x: torch.Tensor, steps: int) -> torch.Tensor:
-    """Deterministic DDIM from a given start noise (same update as CosineSchedule.ddim_sample)."""
-    ts = np.linspace(schedule.timesteps - 1, 0, steps).round().astype(int)
-    for i, t in enumerate(ts):
-        tt = torch.full((x.shape[0],), int(t), device=x.device, dtype=torch.long)
-        eps = model(x, tt).float()
-        x0 = schedule.predict_x0(x, tt, eps).clamp(-1, 1)
-        if i + 1 < len(ts):
-            a_next = schedule.alphas_cumprod[int(ts[i + 1])].to(x.device)
-            x = a_next.sqrt() * x0 + (1 - a_next).sqrt() * eps
-        else:
-            x = x0
-    return x
 
 
 def read_log(path: Path) -> list[dict]:

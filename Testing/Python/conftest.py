@@ -61,3 +61,17 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def small_result_folder(tmp_path_factory):
+    """A small valid result folder (format only: real label map a remapped to knee-11, not paired
+    with the knee) and its reference volume: the sample knee shrunk 4x in-plane."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.resources import sample_knee_path
+    from OrthoDiffusionLib.results import demo_result_folder
+
+    d = tmp_path_factory.mktemp("result")
+    sitk.WriteImage(sitk.BinShrink(sitk.ReadImage(str(sample_knee_path())), [4, 4, 1]), str(d / "ref.nrrd"))
+    return demo_result_folder(d / "case"), d / "ref.nrrd"

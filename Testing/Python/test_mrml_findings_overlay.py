@@ -14,15 +14,13 @@ from OrthoDiffusionLib.mrml.headless import headless_scene  # noqa: E402
 from OrthoDiffusionLib.mrml.overlay import load_evidence_volume, view_cue, view_cues, viridis  # noqa: E402
 from OrthoDiffusionLib.mrml.planes import assign_planes, slice_view_plane, volume_plane  # noqa: E402
 from OrthoDiffusionLib.mrml.volumes import ijk_to_ras, load_volume, same_geometry  # noqa: E402
-from OrthoDiffusionLib.resources import sample_knee_path  # noqa: E402
-from OrthoDiffusionLib.results import demo_result_folder, read_result_folder  # noqa: E402
+from OrthoDiffusionLib.results import read_result_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fo")
-    sitk.WriteImage(sitk.BinShrink(sitk.ReadImage(str(sample_knee_path())), [4, 4, 1]), str(d / "ref.nrrd"))
-    return read_result_folder(demo_result_folder(d / "case")), d / "ref.nrrd"
+def demo(small_result_folder):
+    folder, ref = small_result_folder
+    return read_result_folder(folder), ref
 
 
 @pytest.fixture()

@@ -12,16 +12,13 @@ vtk = pytest.importorskip("vtk")
 from OrthoDiffusionLib.mrml.headless import headless_scene  # noqa: E402
 from OrthoDiffusionLib.mrml.segmentation import export_knee_labelmap, load_result_segmentation  # noqa: E402
 from OrthoDiffusionLib.mrml.volumes import array_view, ijk_to_ras, load_volume  # noqa: E402
-from OrthoDiffusionLib.resources import sample_knee_path  # noqa: E402
-from OrthoDiffusionLib.results import demo_result_folder, ijk_to_ras as sitk_ijk_to_ras  # noqa: E402
+from OrthoDiffusionLib.results import ijk_to_ras as sitk_ijk_to_ras  # noqa: E402
 from OrthoDiffusionLib.results import read_result_folder, structure_labels  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory):
-    d = tmp_path_factory.mktemp("segnrrd")
-    sitk.WriteImage(sitk.BinShrink(sitk.ReadImage(str(sample_knee_path())), [4, 4, 1]), str(d / "ref.nrrd"))
-    return demo_result_folder(d / "case"), d / "ref.nrrd"
+def demo(small_result_folder):
+    return small_result_folder
 
 
 def test_slicer_reads_our_seg_nrrd(demo):
