@@ -28,7 +28,8 @@ from OrthoDiffusionLib import DISCLAIMER  # noqa: E402
 from OrthoDiffusionLib.resources import resource_path  # noqa: E402
 # Packages installed on first Apply. Never torch (PyTorchUtils), SimpleITK or requests (Slicer's own).
 REQUIREMENTS = ["monai>=1.4", "einops>=0.7", "safetensors>=0.4", "filelock>=3.12", "jsonschema>=4.20", "tqdm>=4.66"]
-PROGRESS_STATES = {"loading": 10, "preprocess": 20, "features": 40, "segment": 60, "diagnose": 80, "writing": 95}
+PROGRESS_STATES = {"loading": 10, "preprocess": 20, "features": 40, "segment": 60, "finetune": 70, "diagnose": 80,
+                   "writing": 95}
 
 
 # All CLI calls live here, so they are easy to adjust when the CLI changes.
@@ -45,7 +46,8 @@ def predictCommand(inputs, outDir, device, model, ehrFile=None):
 
 
 def finetuneCommand(correctionsDir, model, device):
-    return cliBase() + ["finetune", "--corrections", str(correctionsDir), "--model", model, "--device", device]
+    return cliBase() + ["finetune", "--corrections", str(correctionsDir), "--model", model, "--device", device,
+                        "--quiet"]
 
 
 def rollbackCommand(model, version):
@@ -100,8 +102,8 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
         self.logic = OrthoDiffusionLogic()
-        for name, entry in self.logic.models().items():
-            self.ui.modelComboBox.addItem(entry.get("title", name), name)
+        for entry in self.logic.models():  # catalogue entries: a list of {"id", "name", ...}
+            self.ui.modelComboBox.addItem(entry.get("name", entry["id"]), entry["id"])
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.NodeAddedEvent, self.onNodeAdded)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
@@ -112,7 +114,9 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveCorrectionButton.connect("clicked(bool)", self.onSaveCorrection)
         self.ui.fineTuneButton.connect("clicked(bool)", self.onFineTune)
         self.ui.rollbackButton.connect("clicked(bool)", self.onRollback)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", lambda index: self.refreshVersions())
         self.findingEdits = {}
+        self.refreshVersions()
         self.initializeParameterNode()
 
     def cleanup(self):
@@ -176,10 +180,15 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Failed to start OrthoDiffusion."), waitCursor=True):
             self.logic.ensureDependencies()
             self.outDir = Path(self.ui.outputPathLineEdit.currentPath or slicer.util.tempDirectory("OrthoDiffusion"))
-            cmd = predictCommand(self.logic.writeInputs(self.inputs(), self.outDir / "inputs"), self.outDir / "result",
-                                 self.logic.device(self._parameterNode.device), self.ui.modelComboBox.currentData,
-                                 self.logic.writeEhr(self._parameterNode, self.outDir / "inputs"))
-            self.startProcess(cmd, self.onPredictDone)
+            self.lastInputs = (self.logic.writeInputs(self.inputs(), self.outDir / "inputs"),
+                               self.logic.writeEhr(self._parameterNode, self.outDir / "inputs"))
+            self.resultDir = self.outDir / "result"
+            self.startProcess(self.predictAgainCommand(self.resultDir), self.onPredictDone)
+
+    def predictAgainCommand(self, resultDir):
+        inputs, ehr = self.lastInputs
+        return predictCommand(inputs, resultDir, self.logic.device(self._parameterNode.device),
+                              self.ui.modelComboBox.currentData, ehr)
 
     def startProcess(self, cmd, done):
         self.ui.logTextEdit.clear()
@@ -216,7 +225,7 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onPredictDone(self):
         reference = next(iter(self.inputs().values()))
-        self.case = self.logic.loadCase(self.outDir / "result", reference)
+        self.case = self.logic.loadCase(self.resultDir, reference)
         self.fillFindings()
         slicer.util.setSliceViewerLayers(background=reference)
 
@@ -252,17 +261,40 @@ class OrthoDiffusionWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onFineTune(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to start fine-tuning."), waitCursor=True):
             self.startProcess(finetuneCommand(self.logic.correctionsDir(), self.ui.modelComboBox.currentData,
-                                              self.logic.device(self._parameterNode.device)), self.refreshVersions)
+                                              self.logic.device(self._parameterNode.device)), self.onFineTuneDone)
+
+    def onFineTuneDone(self):
+        self.refreshVersions()
+        self.ui.fineTuneResultLabel.text = self.logic.fineTuneSummary(self.ui.modelComboBox.currentData)
+        self.rerunHeads()
 
     def onRollback(self):
         with slicer.util.tryWithErrorDisplay(_("Failed to roll back."), waitCursor=True):
-            self.startProcess(rollbackCommand(self.ui.modelComboBox.currentData, self.ui.versionsComboBox.currentText),
-                              self.refreshVersions)
+            version = self.ui.versionsComboBox.currentData
+            self.startProcess(rollbackCommand(self.ui.modelComboBox.currentData, version), self.onRollbackDone)
+
+    def onRollbackDone(self):
+        self.refreshVersions()
+        self.ui.fineTuneResultLabel.text = _("Head set {v} is current.").format(
+            v=self.ui.versionsComboBox.currentData) + " " + DISCLAIMER
+        self.rerunHeads()
+
+    def rerunHeads(self):
+        """Predict the loaded case again with the current head set: the backbone features come
+        from the cache, so only the heads run. Each version gets its own result folder."""
+        if not getattr(self, "lastInputs", None):
+            return
+        version = self.logic.currentHeadVersion(self.ui.modelComboBox.currentData) or "current"
+        self.resultDir = self.outDir / f"result-{version}"
+        self.startProcess(self.predictAgainCommand(self.resultDir), self.onPredictDone)
 
     def refreshVersions(self):
         self.ui.versionsComboBox.clear()
-        for version in self.logic.headVersions(self.ui.modelComboBox.currentData):
-            self.ui.versionsComboBox.addItem(version)
+        for row in reversed(self.logic.headVersions(self.ui.modelComboBox.currentData)):  # newest first
+            self.ui.versionsComboBox.addItem(f"{row['version']} ({row['kind']}{', current' if row['current'] else ''})",
+                                             row["version"])
+            if row["current"]:
+                self.ui.versionsComboBox.setCurrentIndex(self.ui.versionsComboBox.count - 1)
 
 
 class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
@@ -273,7 +305,7 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
 
     def models(self):
         path = resource_path("Models", "catalogue.json")
-        return json.loads(path.read_text()).get("models", {}) if path.is_file() else {}
+        return json.loads(path.read_text()).get("models", []) if path.is_file() else []
 
     def ensureDependencies(self):
         try:
@@ -351,24 +383,56 @@ class OrthoDiffusionLogic(ScriptedLoadableModuleLogic):
         return save_correction(slicer.mrmlScene, case.segmentation, reference, findingEdits)[0]
 
     def headVersions(self, model):
-        from OrthoDiffusionLib.corrections import default_home
+        """Rows (version, parent, created, kind, current, metrics), oldest first; no torch needed."""
+        from OrthoDiffusionLib.pipeline.versions import head_versions
 
-        root = default_home() / "heads" / str(model)
-        return sorted((p.name for p in root.iterdir() if p.is_dir()), reverse=True) if root.is_dir() else []
+        return head_versions(model or "knee-demo")["versions"]
+
+    def currentHeadVersion(self, model):
+        from OrthoDiffusionLib.pipeline.versions import head_versions
+
+        return head_versions(model or "knee-demo")["current"]
+
+    def fineTuneSummary(self, model):
+        from OrthoDiffusionLib.pipeline.versions import finetune_summary_lines, latest_finetune
+
+        record = latest_finetune(model or "knee-demo")
+        return "\n".join(finetune_summary_lines(record)) if record else _("No fine-tuned head set is current.")
 
 
 class OrthoDiffusionTest(ScriptedLoadableModuleTest):
-    """In-Slicer end-to-end test (needs the app, PyTorch and the CLI commands)."""
+    """In-Slicer end-to-end test (needs the app, PyTorch and the CLI commands): predict, edit one
+    segment, save a correction, fine-tune (new head version, Dice up on that case), roll back
+    (outputs identical to the first prediction). Writes only into a temporary ORTHODIFFUSION_HOME."""
 
     def setUp(self):
         slicer.mrmlScene.Clear()
+        self._savedHome = os.environ.get("ORTHODIFFUSION_HOME")
+        os.environ["ORTHODIFFUSION_HOME"] = slicer.util.tempDirectory("OrthoDiffusionTestHome")
+
+    def tearDown(self):
+        if self._savedHome is None:
+            os.environ.pop("ORTHODIFFUSION_HOME", None)
+        else:
+            os.environ["ORTHODIFFUSION_HOME"] = self._savedHome
 
     def runTest(self):
         self.setUp()
-        self.test_EndToEnd()
+        try:
+            self.test_EndToEnd()
+        finally:
+            self.tearDown()
+
+    def waitForProcess(self, widget):
+        while widget._proc is not None:  # chained runs (fine-tune -> predict again) keep it busy
+            slicer.app.processEvents()
 
     def test_EndToEnd(self):
+        import numpy as np
+        import SimpleITK as sitk
+
         from OrthoDiffusionLib.corrections import CorrectionsStore
+        from OrthoDiffusionLib.pipeline.versions import latest_finetune
         from OrthoDiffusionLib.resources import sample_knee_path
 
         volume = slicer.util.loadVolume(str(sample_knee_path()))
@@ -376,35 +440,57 @@ class OrthoDiffusionTest(ScriptedLoadableModuleTest):
         slicer.app.processEvents()
         widget.autoFillPlanes()
         self.assertEqual(widget._parameterNode.sagittalVolume, volume)
+        model = widget.ui.modelComboBox.currentData or "knee-demo"
         self.delayDisplay("Running prediction")
         widget.outDir = Path(slicer.util.tempDirectory("OrthoDiffusionTest"))
-        inputs = widget.logic.writeInputs({"sagittal": volume}, widget.outDir / "inputs")
+        widget.lastInputs = (widget.logic.writeInputs({"sagittal": volume}, widget.outDir / "inputs"), None)
+        widget.resultDir = widget.outDir / "result"
+        widget._parameterNode.device = "cpu"
         done = []
-        widget.startProcess(predictCommand(inputs, widget.outDir / "result", "cpu", None),
+        widget.startProcess(widget.predictAgainCommand(widget.resultDir),
                             lambda: (widget.onPredictDone(), done.append(True)))
-        while widget._proc is not None:
-            slicer.app.processEvents()
+        self.waitForProcess(widget)
         self.assertTrue(done, "prediction failed; see the module log")
-        segmentation = widget.case.segmentation.GetSegmentation()
+        firstResult = widget.resultDir
+        segmentationNode = widget.case.segmentation
+        segmentation = segmentationNode.GetSegmentation()
         self.assertEqual(segmentation.GetNumberOfSegments(), 11)
-        self.delayDisplay("Editing one segment and saving a correction")
-        femur = segmentation.GetSegmentIdBySegmentName("Femur")
-        arr = slicer.util.arrayFromSegmentBinaryLabelmap(widget.case.segmentation, femur, volume)
-        arr[arr.shape[0] // 2, :10, :10] = 1
-        slicer.util.updateSegmentBinaryLabelmapFromArray(arr, widget.case.segmentation, femur, volume)
+
+        self.delayDisplay("Editing one segment (erasing the patella) and saving a correction")
+        patella = segmentation.GetSegmentIdBySegmentName("Patella")
+        arr = slicer.util.arrayFromSegmentBinaryLabelmap(segmentationNode, patella, volume)
+        self.assertGreater(int(arr.sum()), 0)
+        arr[:] = 0
+        slicer.util.updateSegmentBinaryLabelmapFromArray(arr, segmentationNode, patella, volume)
         widget.ui.findingComboBox.setCurrentIndex(0)
         widget.onFindingDecision("flipped")
-        before = len(CorrectionsStore().entries())
         widget.onSaveCorrection()
-        self.assertEqual(len(CorrectionsStore().entries()), before + 1)
-        self.delayDisplay("Fine-tuning and rolling back")
+        self.assertEqual(len(CorrectionsStore().entries()), 1)
+
+        self.delayDisplay("Fine-tuning (then the heads run again on cached features)")
         widget.onFineTune()
-        while widget._proc is not None:
-            slicer.app.processEvents()
-        versions = widget.logic.headVersions(widget.ui.modelComboBox.currentData)
-        self.assertGreaterEqual(len(versions), 1)
-        widget.ui.versionsComboBox.setCurrentIndex(widget.ui.versionsComboBox.count - 1)
+        self.waitForProcess(widget)
+        record = latest_finetune(model)
+        self.assertIsNotNone(record, "fine-tune failed; see the module log")
+        case = next(iter(record["cases"].values()))
+        self.assertGreater(case["mean_dice_after"], case["mean_dice_before"])
+        self.assertIn("mean Dice", widget.ui.fineTuneResultLabel.text)
+        self.assertEqual(widget.resultDir.name, f"result-{record['version']}")
+        rows = widget.logic.headVersions(model)
+        self.assertEqual([r["version"] for r in rows if r["current"]], [record["version"]])
+
+        self.delayDisplay("Rolling back to the copy of the shipped heads")
+        widget.ui.versionsComboBox.setCurrentIndex(widget.ui.versionsComboBox.findData(record["parent"]))
         widget.onRollback()
-        while widget._proc is not None:
-            slicer.app.processEvents()
+        self.waitForProcess(widget)
+        self.assertEqual(widget.logic.currentHeadVersion(model), record["parent"])
+
+        def labels(folder):
+            return sitk.GetArrayFromImage(sitk.ReadImage(str(Path(folder) / "labels.nrrd")))
+
+        def probabilities(folder):
+            return [f["probability"] for f in json.loads((Path(folder) / "findings.json").read_text())["findings"]]
+
+        self.assertTrue(np.array_equal(labels(widget.resultDir), labels(firstResult)))
+        self.assertEqual(probabilities(widget.resultDir), probabilities(firstResult))
         self.delayDisplay("Test passed")

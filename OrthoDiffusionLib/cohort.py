@@ -145,7 +145,10 @@ def read_manifest(path: str | os.PathLike, label_set: str = "knee-8", check_file
         raise InputError(f"manifest not found: {path}")
     lab = load_label_set(label_set)
     keys = lab.keys
-    text = path.read_text(encoding="utf-8-sig")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the manifest as UTF-8 CSV") from None
     reader = csv.DictReader(io.StringIO(text))
     columns = [c.strip() for c in (reader.fieldnames or [])]
     if not columns:

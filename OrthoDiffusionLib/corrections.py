@@ -72,7 +72,10 @@ class CorrectionsStore:
         """Write a new entry from a SimpleITK knee-11 label image and finding corrections."""
         import SimpleITK as sitk
 
+        from .io.labels import check_label_image
+
         findings = normalise_findings(findings)
+        check_label_image(labels_image, f"correction of {case_id}")  # a cast to uint8 would wrap bad values
         case_dir = self.root / _safe(case_id)
         case_dir.mkdir(parents=True, exist_ok=True)
         created = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime()) + f".{time.time_ns() % 10**9:09d}Z"
@@ -129,6 +132,26 @@ class CorrectionsStore:
         if not self.verify(entry):
             raise InputError(f"correction {entry.directory} does not match its recorded sha256")
         return sitk.ReadImage(str(entry.labels_path)), read_json(entry.findings_path)["findings"]
+
+
+def prediction_record(result_dir) -> dict:
+    """What ``orthodiffusion finetune`` needs from the prediction a correction was made on, copied
+    into the entry at save time (the result folder may be a temporary one): model, head version,
+    reference plane, per-plane input content hashes and feature spec, the predict job, the
+    predicted probabilities. Empty when ``result_dir`` is not a readable result folder."""
+    from .results import read_result_folder
+
+    try:
+        result = read_result_folder(result_dir)
+    except (InputError, OSError, ValueError):
+        return {}
+    prov = result.provenance or {}
+    return {"result_dir": str(result.directory), "case_id": result.case_id, "reference_plane": result.reference_plane,
+            "planes_present": list(result.planes_present), "model": prov.get("model", result.model),
+            "head_version": result.head_version, "inputs": prov.get("inputs", {}),
+            "feature_spec": prov.get("feature_spec", {}), "job": prov.get("job", {}),
+            "ehr_used": bool(prov.get("ehr_used")), "labels_sha256": (result.files.get("labels") or {}).get("sha256"),
+            "probabilities": {f.key: f.probability for f in result.findings}}
 
 
 def _user() -> str:

@@ -7,6 +7,7 @@ A result folder holds::
     uncertainty.nrrd         float32 per-voxel uncertainty, same grid
     evidence_<KEY>.nrrd      optional float32 evidence heatmap per finding, same grid
     findings.json / .csv     the knee-8 findings (probability, spread, decision, plane weights)
+    segmentation.dcm         optional DICOM SEG (``predict --dicom-seg``, DICOM input), files["dicom_seg"]
     result.json              the index; written last, so a folder without it is incomplete
 
 Everything is written atomically and without Slicer: ``segmentation.seg.nrrd`` carries the

@@ -3,7 +3,12 @@
 Every store (feature cache, head versions, corrections, cohort outputs) writes through
 ``atomic_write*``: data go to a temporary file in the destination folder, are fsynced, and are
 renamed over the destination in one step, so a reader sees either the old or the new file, never a
-torn one, even after ``kill -9``.
+torn one, even after ``kill -9``. ``staged_folder`` does the same for a whole folder (result folders).
+
+Test hook: ``OD_TEST_KILL_AT=<point>[@<name fragment>][:<n>]`` makes the process SIGKILL itself the
+n-th time a write reaches ``point`` (``before-fsync``, ``before-rename``, ``after-rename``;
+optionally only for destinations whose name contains the fragment). It is inert unless set; the
+crash-consistency tests use it to kill at exact moments instead of sleeping and hoping.
 """
 
 from __future__ import annotations
@@ -51,6 +56,26 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+KILL_ENV = "OD_TEST_KILL_AT"
+_kill_hits: dict[str, int] = {}
+
+
+def crash_point(point: str, dest: str | os.PathLike = "") -> None:
+    """SIGKILL this process here when ``OD_TEST_KILL_AT`` names this point (tests only; inert otherwise)."""
+    spec = os.environ.get(KILL_ENV)
+    if not spec:
+        return
+    name, _, nth = spec.partition(":")
+    name, _, fragment = name.partition("@")
+    if name != point or (fragment and fragment not in Path(dest).name):
+        return
+    _kill_hits[spec] = _kill_hits.get(spec, 0) + 1
+    if _kill_hits[spec] >= int(nth or 1):
+        import signal
+
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; on success fsync it and rename it over ``path``.
@@ -68,9 +93,12 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
         yield tmp_path
         # mkstemp creates 0600; give the file the permissions a plain open() would (umask-based).
         os.chmod(tmp_path, 0o666 & ~_UMASK)
+        crash_point("before-fsync", dest)
         with open(tmp_path, "rb+") as f:
             os.fsync(f.fileno())
+        crash_point("before-rename", dest)
         os.replace(tmp_path, dest)
+        crash_point("after-rename", dest)
         _fsync_dir(dest.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -116,6 +144,57 @@ def _json_default(o):
 def read_json(path: str | os.PathLike):
     with open(path, "r", encoding="utf-8") as f:
         return json.load(f)
+
+
+def check_output_folder(dest: str | os.PathLike, marker: str = "result.json") -> Path:
+    """``dest`` may be written by ``staged_folder``: absent, empty, or a previous output (holds
+    ``marker``). Anything else (a file, a folder of other files) is refused, so nobody's files are
+    replaced by an output."""
+    from .errors import UserError
+
+    dest = Path(dest)
+    if dest.exists() and not dest.is_dir():
+        raise UserError(f"output {dest} is a file; give a folder path for --out")
+    if dest.is_dir() and any(dest.iterdir()) and not (dest / marker).is_file():
+        raise UserError(f"output folder {dest} already holds other files (it is not an OrthoDiffusion output); "
+                        "choose a new or empty folder")
+    return dest
+
+
+@contextlib.contextmanager
+def staged_folder(dest: str | os.PathLike, marker: str = "result.json") -> Iterator[Path]:
+    """Yield a hidden sibling folder to fill; on success it replaces ``dest`` whole.
+
+    A failure (or ``kill -9``) before the end leaves ``dest`` as it was: absent, empty or the
+    previous output. A previous output is moved aside and removed only after the new one is in place.
+    """
+    import shutil
+
+    dest = check_output_folder(dest, marker)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
+    try:
+        yield stage
+        for p in stage.rglob("*"):
+            if p.is_file():
+                with open(p, "rb") as f:
+                    os.fsync(f.fileno())
+        os.chmod(stage, 0o777 & ~_UMASK)
+        crash_point("before-rename", dest)
+        previous = None
+        if dest.is_dir() and any(dest.iterdir()):
+            previous = Path(tempfile.mkdtemp(prefix=f".{dest.name}.previous-", dir=dest.parent))
+            os.replace(dest, previous)  # mkdtemp made an empty folder: replacing it is allowed
+        elif dest.is_dir():
+            dest.rmdir()
+        os.rename(stage, dest)
+        crash_point("after-rename", dest)
+        _fsync_dir(dest.parent)
+        if previous is not None:
+            shutil.rmtree(previous, ignore_errors=True)
+    finally:
+        if stage.exists():
+            shutil.rmtree(stage, ignore_errors=True)
 
 
 @contextlib.contextmanager

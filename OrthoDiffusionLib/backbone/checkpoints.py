@@ -13,7 +13,7 @@ from .. import DISCLAIMER, __version__
 from ..errors import CheckpointError
 from ..storage import atomic_path, atomic_write_json, sha256_file
 from .config import UNetConfig
-from .official import export_official, infer_config, load_official_state_dict
+from .official import export_official, infer_config, load_official_state_dict, read_sidecar, sidecar_path
 from .unet import DiffusionUNet
 
 MANIFEST_FORMAT = "orthodiffusion-backbone"
@@ -48,12 +48,29 @@ def build_model(config: UNetConfig, sd: dict | None = None, source: str = "weigh
 
 
 def load_official(path: str | Path, config: UNetConfig | None = None, which: str = "ema") -> tuple[DiffusionUNet, dict]:
-    """Load a published ``{step, model, ema, opt}`` checkpoint (EMA weights by default)."""
+    """Load a published ``{step, model, ema, opt}`` checkpoint (EMA weights by default).
+
+    The architecture comes from ``config`` if given, else from the ``<name>.pt.json`` sidecar that
+    ``orthodiffusion export`` writes, else it is inferred from the weight shapes with the published
+    defaults (GroupNorm 32 groups, 16×256×256), which only fits published-family models."""
     unet_sd, buffers, info = load_official_state_dict(path, which)
+    source = f"{Path(path).name}['{which}']"
+    config_source = "given"
     if config is None:
-        config = infer_config(unet_sd)
-    model = build_model(config, unet_sd, source=f"{Path(path).name}['{which}']")
-    info.update({"format": "official", "config": config.to_dict(), "buffers": sorted(buffers)})
+        config, config_source = read_sidecar(path), "sidecar"
+    if config is None:
+        config, config_source = infer_config(unet_sd), "inferred"
+        try:
+            model = build_model(config, unet_sd, source=source)
+        except ValueError as exc:  # e.g. GroupNorm(32, 16): a non-published config such as knee-demo
+            raise CheckpointError(
+                f"{Path(path).name}: the architecture cannot be inferred from the weights ({exc}); it needs its "
+                f"config sidecar {sidecar_path(path).name} next to it (written by `orthodiffusion export`), "
+                "or export the model again") from None
+    else:
+        model = build_model(config, unet_sd, source=source)
+    info.update({"format": "official", "config": config.to_dict(), "config_source": config_source,
+                 "buffers": sorted(buffers)})
     return model, info
 
 
@@ -130,5 +147,5 @@ def convert(src: str | Path, dst: str | Path, which: str = "ema", step: int = 0)
         return save_backbone(model, dst, provenance={"converted_from": src.name, "source_format": info.get("format", "orthodiffusion"),
                                                      "source_sha256": sha256_file(src), "source_step": info.get("step")})
     if dst.suffix in {".pt", ".pth"}:
-        return export_official(model.state_dict(), dst, step=int(info.get("step") or step))
+        return export_official(model.state_dict(), dst, step=int(info.get("step") or step), config=model.config)
     raise CheckpointError(f"{dst.name}: output must end in .safetensors or .pt")

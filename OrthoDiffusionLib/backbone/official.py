@@ -56,7 +56,8 @@ def read_container(path: str | Path) -> dict:
         raise CheckpointError(
             f"{path.name}: refused to load: the file contains pickled objects that are not plain tensors "
             f"(weights_only loading forbids running code from a checkpoint). Detail: {first}") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as exc:
+    except (RuntimeError, EOFError, OSError, ValueError, KeyError, IndexError, TypeError) as exc:
+        # garbage bytes fail anywhere inside the (restricted) unpickler
         raise CheckpointError(f"{path.name}: not a readable torch checkpoint ({type(exc).__name__}: "
                               f"{str(exc).splitlines()[0] if str(exc) else ''})") from None
     if not isinstance(obj, dict):
@@ -134,8 +135,60 @@ def infer_config(unet_sd: dict, image_size: int = 256, depth_size: int = 16) -> 
                       in_channels=in_ch, out_channels=out_ch)
 
 
-def export_official(unet_sd: dict, path: str | Path, step: int = 0, model_sd: dict | None = None) -> Path:
-    """Write our weights in the published container so the reference code can load them."""
+SIDECAR_FORMAT = "orthodiffusion-official-config"
+REFERENCE_NORM_GROUPS = 32  # the reference code hard-codes GroupNorm(32, ·)
+
+
+def sidecar_path(path: str | Path) -> Path:
+    """The config sidecar of a published-format file: ``<name>.pt`` → ``<name>.pt.json``."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def write_sidecar(pt_path: str | Path, config: UNetConfig, step: int = 0) -> Path:
+    """Record the architecture next to an exported ``.pt`` (the container itself carries no config,
+    and GroupNorm groups / input size cannot be inferred from weight shapes)."""
+    from .. import DISCLAIMER
+    from ..storage import atomic_write_json, sha256_file
+
+    pt_path = Path(pt_path)
+    runs_in_reference = config.norm_groups == REFERENCE_NORM_GROUPS
+    return atomic_write_json(sidecar_path(pt_path), {
+        "format": SIDECAR_FORMAT, "weights": pt_path.name, "sha256": sha256_file(pt_path), "step": int(step),
+        "config": config.to_dict(), "runs_in_reference_code": runs_in_reference,
+        "note": ("published architecture family" if runs_in_reference else
+                 f"norm_groups={config.norm_groups}: the reference code hard-codes {REFERENCE_NORM_GROUPS} GroupNorm "
+                 "groups, so these weights run only in OrthoDiffusionLib"),
+        "disclaimer": DISCLAIMER})
+
+
+def read_sidecar(pt_path: str | Path) -> UNetConfig | None:
+    """The config from ``<name>.pt.json`` when present (its sha256 must match the .pt), else None."""
+    import json
+
+    from ..storage import sha256_file
+
+    pt_path, side = Path(pt_path), sidecar_path(pt_path)
+    if not side.is_file():
+        return None
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+        if meta.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"format is {meta.get('format')!r}")
+        config = UNetConfig.from_dict(meta["config"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{side.name}: not a valid config sidecar ({exc}); re-export the model or delete "
+                              "the file") from None
+    if meta.get("sha256") != sha256_file(pt_path):
+        raise CheckpointError(f"{side.name} describes another file than {pt_path.name} (sha256 differs); re-export "
+                              "the model or delete the stale sidecar")
+    return config
+
+
+def export_official(unet_sd: dict, path: str | Path, step: int = 0, model_sd: dict | None = None,
+                    config: UNetConfig | None = None) -> Path:
+    """Write our weights in the published container so the reference code can load them; with
+    ``config``, also the ``<name>.pt.json`` sidecar that lets ``load_official`` rebuild the model."""
     from ..storage import atomic_path
 
     buffers = diffusion_buffers()
@@ -148,4 +201,8 @@ def export_official(unet_sd: dict, path: str | Path, step: int = 0, model_sd: di
     container = {"step": int(step), "model": prefixed(model_sd or unet_sd), "ema": prefixed(unet_sd), "opt": {}}
     with atomic_path(path) as tmp:
         torch.save(container, tmp)
+    if config is not None:
+        write_sidecar(path, config, step)
+    else:
+        sidecar_path(path).unlink(missing_ok=True)  # a sidecar of an earlier export would be stale
     return Path(path)

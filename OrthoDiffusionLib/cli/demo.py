@@ -12,10 +12,12 @@ def register(sub) -> None:
     p.add_argument("--model", default="knee-demo")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
     p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--anonymize", action="store_true",
+                   help="show a pseudonym instead of the case id in report.html (see docs/pipeline.md)")
     p.set_defaults(func=_run)
 
 
-def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=3, log=print):
+def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=3, log=print, anonymize=False):
     import time
     from pathlib import Path
 
@@ -31,7 +33,7 @@ def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=3, log=pr
     notes = ["Input: one real knee (3 T sagittal multi-echo spin echo, first echo; MIT licence). Only the sagittal "
              "series is real: the coronal and axial inputs are reformats of it (4 mm slices, blurred across)."]
     report = write_report(pred, Path(out) / "report.html", title="OrthoDiffusion demo: sample knee", notes=notes,
-                          wall_s=time.perf_counter() - t0)
+                          wall_s=time.perf_counter() - t0, anonymize=anonymize)
     return pred, report, time.perf_counter() - t0
 
 
@@ -39,7 +41,8 @@ def _run(args) -> int:
     from .. import DISCLAIMER
     from .predict import _print_summary
 
-    pred, report, wall = run_demo(args.out, args.model, args.device, args.draws, log=lambda m: print(m, flush=True))
+    pred, report, wall = run_demo(args.out, args.model, args.device, args.draws, log=lambda m: print(m, flush=True),
+                                  anonymize=args.anonymize)
     _print_summary(pred)
     print(f"report: {report.resolve()}  ({wall:.1f} s)  [{DISCLAIMER}]")
     return 0

@@ -39,8 +39,9 @@ def _list(args) -> int:
         print(json.dumps({"models": rows, "disclaimer": DISCLAIMER}, indent=2))
         return 0
     for r in rows:
+        heads = r["heads_version"] or f"none (heads not fitted: run orthodiffusion fit --model {r['id']} ...)"
         print(f"{r['id']:<16} {r['version']:<8} {r['source']:<8} planes={','.join(r['planes'])} "
-              f"heads={r['heads_version'] or 'none'}  {r['root']}")
+              f"heads={heads}  {r['root']}")
     print(DISCLAIMER)
     return 0
 
@@ -58,7 +59,11 @@ def _verify(args) -> int:
             for p in problems:
                 print(f"  - {p}")
         else:
-            print(f"{m.id} {m.version}: OK ({len(m.files)} files, heads {m.heads_for_read()})")
+            from ..heads import HeadStore
+
+            heads = (f"heads {m.heads_for_read()}" if HeadStore(m.heads_for_read()).current()
+                     else f"heads not fitted: run orthodiffusion fit --model {m.id} ...")
+            print(f"{m.id} {m.version}: OK ({len(m.files)} files, {heads})")
     return 1 if bad else 0
 
 

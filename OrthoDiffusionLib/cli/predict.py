@@ -18,7 +18,11 @@ def register(sub) -> None:
         p.add_argument(f"--{plane}", default=None, help=f"{plane} series (file or DICOM folder)")
     p.add_argument("--volume", default=None, help="one 3D volume, reformatted into the three planes")
     p.add_argument("--manifest", default=None, help="cohort mode: predict every row of this manifest CSV")
-    p.add_argument("--workers", type=int, default=1, help="cohort mode: worker processes (default 1)")
+    p.add_argument("--workers", type=int, default=1,
+                   help="cohort mode: worker processes, each loads the model once (default 1); "
+                        "under torchrun each rank predicts rows RANK::WORLD_SIZE")
+    p.add_argument("--threads", type=int, default=None,
+                   help="cohort mode: torch threads per worker (default: CPU cores // (workers x local ranks))")
     p.add_argument("--model", default="knee-demo", help="model id or folder with model.json (default knee-demo)")
     p.add_argument("--heads-version", default=None, help="head-set version (default: current)")
     p.add_argument("--out", required=True, help="output folder (cohort mode: one sub-folder per study)")
@@ -35,6 +39,17 @@ def register(sub) -> None:
     p.add_argument("--case-id", default=None)
     p.add_argument("--cache", default=None, help="feature cache folder (default: per-user cache)")
     p.add_argument("--no-cache", action="store_true")
+    p.add_argument("--dicom-seg", action="store_true",
+                   help="also write segmentation.dcm (DICOM SEG referencing the reference series; DICOM input only)")
+    p.add_argument("--anonymize", action="store_true",
+                   help="replace patient name/id (and input paths, case id) in the outputs by a pseudonym")
+    p.add_argument("--pseudonym", default=None, help="the pseudonym for --anonymize (default: anon-<HMAC of the id>)")
+    p.add_argument("--anonymize-salt", default=None,
+                   help="secret salt: the same patient gets the same pseudonym in every run (default: random)")
+    p.add_argument("--max-voxels", type=int, default=512 ** 3,
+                   help="refuse an image above this many voxels, read from its header before loading (default 512^3)")
+    p.add_argument("--max-memory", type=float, default=None, metavar="GB",
+                   help="refuse when the memory estimate is above this (default: the memory available)")
     p.set_defaults(func=_run)
 
 
@@ -54,7 +69,7 @@ def job_from_args(args):
     return PredictJob(inputs=inputs, out=args.out, model=args.model, device=args.device, draws=args.draws,
                       seed=args.seed, reference=args.reference, ehr=args.ehr, reformat=reformat, echo=args.echo,
                       heads_version=args.heads_version, cache=args.cache, no_cache=args.no_cache,
-                      case_id=args.case_id)
+                      case_id=args.case_id, max_voxels=args.max_voxels, max_memory_gb=args.max_memory)
 
 
 def _print_summary(pred) -> None:
@@ -79,9 +94,21 @@ def _run(args) -> int:
     if args.manifest:
         from ..pipeline.cohort_predict import predict_cohort
 
+        if args.dicom_seg or args.anonymize or args.pseudonym or args.anonymize_salt:
+            from ..errors import UserError
+
+            raise UserError("--dicom-seg/--anonymize apply to one study for now; run predict per study for them")
         return predict_cohort(args)
     from ..pipeline.predict import predict_study
 
-    pred = predict_study(job_from_args(args), log=lambda m: print(m, flush=True))
+    from ..pipeline.exports import export_case
+
+    job = job_from_args(args)
+
+    def exports(pred):  # on the staged folder: an anonymised result never appears un-scrubbed
+        export_case(pred, job, dicom_seg=args.dicom_seg, anonymize=args.anonymize, pseudonym=args.pseudonym,
+                    salt=args.anonymize_salt, log=lambda m: print(m, flush=True))
+
+    pred = predict_study(job, log=lambda m: print(m, flush=True), after_write=exports)
     _print_summary(pred)
     return 0

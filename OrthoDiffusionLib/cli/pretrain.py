@@ -33,6 +33,9 @@ def register(subparsers) -> None:
     p.add_argument("--ema-every", type=int, default=None)
     p.add_argument("--resume", nargs="?", const="auto", default=None,
                    help="continue from OUT/checkpoints/latest, or from the given checkpoint folder")
+    p.add_argument("--init", default=None,
+                   help="continued pretraining: start from this backbone (.safetensors with its .json, or a "
+                        "published .pt) instead of random weights; fresh optimizer, steps count from 0")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--device", default=None, help="auto, cpu or cuda (default auto)")
     p.add_argument("--ckpt-every", type=int, default=None, help="checkpoint every N steps (and at the end)")
@@ -59,7 +62,8 @@ def register(subparsers) -> None:
         "export", help="write a backbone (or a pretraining checkpoint) as the published .pt container",
         description="Write our .safetensors backbone, or a pretraining checkpoint folder (EMA → 'ema', raw "
                     "weights → 'model'), as the published {step, model, ema, opt} container with denoise_fn. "
-                    "keys and the diffusion buffers, loadable with torch.load(weights_only=True).")
+                    "keys and the diffusion buffers, loadable with torch.load(weights_only=True), plus a <name>.pt.json "
+                    "sidecar with the architecture config (needed to load non-published configs such as knee-demo back).")
     src = e.add_mutually_exclusive_group(required=True)
     src.add_argument("--backbone", help="our <name>.safetensors (+ .json manifest)")
     src.add_argument("--checkpoint", help="a pretraining checkpoint folder (OUT/checkpoints/step_XXXXXX)")
@@ -85,7 +89,7 @@ def run_pretrain(args: argparse.Namespace) -> int:
         ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
         eval_timesteps=eval_ts, heldout=args.heldout, sample_every=args.sample_every, sample_steps=args.sample_steps,
         n_samples=args.n_samples, preprocessing=args.preprocessing, echoes=args.echoes, reformat=args.reformat,
-        augment=args.augment, threads=args.threads, progress=args.progress, resume=args.resume,
+        augment=args.augment, threads=args.threads, progress=args.progress, resume=args.resume, init=args.init,
         command="orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     summary = run_pretraining(cfg, model_config)
     if summary["rank"] == 0:
@@ -111,7 +115,7 @@ def run_export(args: argparse.Namespace) -> int:
 
         model, info = load_backbone(args.backbone)
         step = args.step if args.step is not None else int(info.get("provenance", {}).get("steps") or 0)
-        export_official(model.state_dict(), out, step=step)
+        export_official(model.state_dict(), out, step=step, config=model.config)
     else:
         from ..training.pretrain import load_checkpoint_weights
 
@@ -120,6 +124,15 @@ def run_export(args: argparse.Namespace) -> int:
             raise InputError(f"{ck} is not a pretraining checkpoint folder (no state.json)")
         state = json.loads((ck / "state.json").read_text(encoding="utf-8"))
         step = args.step if args.step is not None else int(state["step"])
-        export_official(load_checkpoint_weights(ck, "ema"), out, step=step, model_sd=load_checkpoint_weights(ck, "model"))
-    print(f"wrote {out} (published container, step {step})")
+        from ..backbone.config import UNetConfig
+
+        export_official(load_checkpoint_weights(ck, "ema"), out, step=step, model_sd=load_checkpoint_weights(ck, "model"),
+                        config=UNetConfig.from_dict(state["model_config"]))
+    from ..backbone.official import REFERENCE_NORM_GROUPS, sidecar_path
+
+    print(f"wrote {out} (published container, step {step}) and its config sidecar {sidecar_path(out).name}")
+    groups = json.loads(sidecar_path(out).read_text(encoding="utf-8"))["config"]["norm_groups"]
+    if groups != REFERENCE_NORM_GROUPS:
+        print(f"note: norm_groups={groups}: the reference code hard-codes {REFERENCE_NORM_GROUPS} GroupNorm groups, "
+              "so this model runs only in OrthoDiffusionLib (load it back with its sidecar)")
     return 0

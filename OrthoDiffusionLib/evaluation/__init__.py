@@ -1,6 +1,7 @@
 """Evaluation of OrthoDiffusion heads: classification (per-label AUROC / AP / operating points /
 calibration with bootstrap CIs, paired AUROC comparison), segmentation (Dice / HD95 via MONAI),
-subgroup breakdowns, MPAE plane-weight summaries, label-efficiency tables and report writing.
+subgroup breakdowns, MPAE plane-weight summaries, label-efficiency tables, report writing, and the
+evaluation of a predicted cohort against its manifest (``evaluate_cohort``).
 
 See docs/evaluation.md. Research use only, not for clinical decisions.
 """
@@ -15,6 +16,7 @@ from .classification import (
     threshold_for_sensitivity,
     threshold_youden,
 )
+from .cohort import evaluate_cohort, load_cohort_predictions
 from .compare import bootstrap_auroc_difference, compare_auroc, delong_test
 from .efficiency import label_efficiency_table
 from .planes import PLANES, plane_weight_rows, plane_weight_summary
@@ -23,8 +25,9 @@ from .segmentation import evaluate_segmentation, segmentation_case_metrics, summ
 
 __all__ = [
     "PLANES", "bootstrap_auroc_difference", "breakdown_classification", "breakdown_rows", "choose_thresholds",
-    "compare_auroc", "delong_test", "evaluate_classification", "evaluate_segmentation",
-    "expected_calibration_error", "label_efficiency_table", "label_metrics", "macro_auroc", "plane_weight_rows",
+    "compare_auroc", "delong_test", "evaluate_classification", "evaluate_cohort", "evaluate_segmentation",
+    "expected_calibration_error", "label_efficiency_table", "label_metrics", "load_cohort_predictions",
+    "macro_auroc", "plane_weight_rows",
     "plane_weight_summary", "reliability_curve", "segmentation_case_metrics", "summarize_segmentation",
     "threshold_for_sensitivity", "threshold_youden", "write_csv", "write_evaluation",
 ]

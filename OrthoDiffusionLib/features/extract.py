@@ -110,5 +110,10 @@ class FeatureExtractor:
                 for t in spec.timesteps for b in spec.blocks}
 
     def _key(self, case_hash, plane, spec: FeatureSpec, t, block, draw) -> dict:
-        return {"content": case_hash, "plane": plane, "backbone": self.backbone_sha256, "t": int(t),
-                "block": block, "seed": int(spec.seed), "draw": int(draw), "preprocessing": spec.preprocessing}
+        return cache_key(case_hash, plane, self.backbone_sha256, spec, t, block, draw)
+
+
+def cache_key(case_hash: str, plane: str, backbone_sha256: str, spec: FeatureSpec, t, block, draw) -> dict:
+    """Feature-cache key of one (timestep, block, draw); readers without a backbone use it too."""
+    return {"content": case_hash, "plane": plane, "backbone": backbone_sha256, "t": int(t),
+            "block": block, "seed": int(spec.seed), "draw": int(draw), "preprocessing": spec.preprocessing}

@@ -96,6 +96,31 @@ class SegmentationDecoder(nn.Module):
         return logits
 
 
+def _marginal_log_likelihood(logits, labels, merged):
+    """Per-voxel log-likelihood where the ``merged`` classes (bool [B, n_classes]: background and
+    the unannotated ones) share one outcome; -> (log_lik, voxel label is merged)."""
+    spatial = (1,) * (logits.dim() - 2)
+    log_p = F.log_softmax(logits, dim=1)
+    log_p_merged = log_p.masked_fill(~merged.view(*merged.shape, *spatial), float("-inf")).logsumexp(dim=1)
+    label_is_merged = torch.gather(merged, 1, labels.reshape(len(labels), -1)).view_as(labels)
+    return torch.where(label_is_merged, log_p_merged, torch.gather(log_p, 1, labels[:, None])[:, 0]), label_is_merged
+
+
+def marginal_cross_entropy(logits: torch.Tensor, target: torch.Tensor, annotated: torch.Tensor | None = None,
+                           ignore_index: int = -1) -> torch.Tensor:
+    """The CE term of ``PartialLabelSegLoss`` alone (no MONAI, no Dice): plain CE when every class
+    is annotated; ``ignore_index`` voxels left out."""
+    target = target.long()
+    if annotated is None or bool(annotated.all()):  # nothing merged: the plain (fused, faster) CE
+        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    valid = target != ignore_index
+    labels = torch.where(valid, target, torch.zeros_like(target))
+    merged = ~annotated.to(torch.bool)
+    merged[:, 0] = True
+    log_lik, _ = _marginal_log_likelihood(logits, labels, merged)
+    return -(log_lik * valid).sum() / valid.sum().clamp(min=1)
+
+
 class PartialLabelSegLoss(nn.Module):
     """0.2 · marginal CE + soft Dice over annotated foreground classes.
 
@@ -133,11 +158,7 @@ class PartialLabelSegLoss(nn.Module):
         merged = ~annotated
         merged[:, 0] = True  # background absorbs the unannotated classes
 
-        spatial = (1,) * (logits.dim() - 2)
-        log_p = F.log_softmax(logits, dim=1)
-        log_p_merged = log_p.masked_fill(~merged.view(*merged.shape, *spatial), float("-inf")).logsumexp(dim=1)
-        label_is_merged = torch.gather(merged, 1, labels.flatten(1)).view_as(labels)
-        log_lik = torch.where(label_is_merged, log_p_merged, torch.gather(log_p, 1, labels[:, None])[:, 0])
+        log_lik, label_is_merged = _marginal_log_likelihood(logits, labels, merged)
         ce = -(log_lik * valid).sum() / valid.sum().clamp(min=1)
 
         # Unannotated classes' voxels count as background for Dice; their own terms are dropped below.

@@ -9,11 +9,14 @@ Layout::
         v0001/
           weights.safetensors   all heads' tensors, keys "<head name>.<state-dict key>"
           manifest.json         label_set, task, heads {name: {type, config}}, feature_spec,
-                                data_summary, metrics, parent, created, weights_sha256, version
+                                data_summary, metrics, parent, created, weights_sha256, version,
+                                files {name: {sha256, bytes}} (extra files, e.g. the replay sample)
+          replay.safetensors    optional: a small sample of the training cases' features and
+                                targets, replayed by ``orthodiffusion finetune`` against forgetting
 
 A version is written completely in a hidden temporary folder and renamed into place under the
 lock, so it appears whole or not at all and is never overwritten. ``rollback`` only moves the
-pointer. ``load`` verifies the weights' sha256 before building anything.
+pointer. ``load`` verifies the weights' (and every extra file's) sha256 before building anything.
 """
 
 from __future__ import annotations
@@ -93,7 +96,22 @@ class HeadStore:
         if actual != manifest.get("weights_sha256"):
             raise CheckpointError(f"{weights} sha256 {actual[:12]}… does not match its manifest "
                                   f"({str(manifest.get('weights_sha256'))[:12]}…); the file was changed or corrupted")
+        for name, record in (manifest.get("files") or {}).items():
+            extra = path / name
+            if not extra.is_file():
+                raise CheckpointError(f"{extra} is missing (listed in its manifest)")
+            actual = sha256_file(extra)
+            if actual != record.get("sha256"):
+                raise CheckpointError(f"{extra} sha256 {actual[:12]}… does not match its manifest "
+                                      f"({str(record.get('sha256'))[:12]}…); the file was changed or corrupted")
         return manifest
+
+    def extra_file(self, name: str, version: str | None = None) -> Path | None:
+        """Path of the verified extra file ``name`` of ``version`` (None when the version has none)."""
+        manifest = self.verify(version)
+        if name not in (manifest.get("files") or {}):
+            return None
+        return self._version_dir(manifest["version"]) / name
 
     def load(self, version: str | None = None, build: bool = True):
         """-> (heads, manifest). heads: name -> rebuilt module in eval mode (``build=True``) or
@@ -120,7 +138,9 @@ class HeadStore:
 
     # ----- writing -----
     def save(self, modules: Mapping[str, nn.Module], manifest: Mapping, parent: str | None = None,
-             make_current: bool = True) -> str:
+             make_current: bool = True, files: Mapping[str, object] | None = None) -> str:
+        """New version; ``files``: extra file name -> {tensor name: Tensor} (written as safetensors)
+        or a path (copied); each is recorded with its sha256 and checked by ``verify``."""
         for key in ("label_set", "task"):
             if key not in manifest:
                 raise UserError(f"head-set manifest needs '{key}'")
@@ -134,8 +154,24 @@ class HeadStore:
             save_file(_flatten(modules), str(staging / WEIGHTS), metadata={"format": FORMAT})
             with open(staging / WEIGHTS, "rb+") as f:
                 os.fsync(f.fileno())
+            records = {}
+            for name, content in (files or {}).items():
+                if name in (WEIGHTS, MANIFEST) or "/" in name or name.startswith("."):
+                    raise ValueError(f"extra file name '{name}' is reserved or not a plain file name")
+                if isinstance(content, Mapping):
+                    save_file({k: v.detach().cpu().contiguous() for k, v in content.items()}, str(staging / name),
+                              metadata={"format": FORMAT})
+                else:
+                    shutil.copyfile(content, staging / name)
+                with open(staging / name, "rb+") as f:
+                    os.fsync(f.fileno())
+                records[name] = {"sha256": sha256_file(staging / name), "bytes": (staging / name).stat().st_size}
             full = {**dict(manifest), "format": FORMAT, "heads": specs, "parent": parent, "created": _now(),
                     "weights_sha256": sha256_file(staging / WEIGHTS)}
+            if records:
+                full["files"] = records
+            else:
+                full.pop("files", None)
             with file_lock(self.root / "store"):
                 existing = self.list_versions()
                 version = f"v{(int(existing[-1][1:]) + 1 if existing else 1):04d}"
@@ -163,8 +199,8 @@ class HeadStore:
 
 
 def save_head_set(store_dir, modules: Mapping[str, nn.Module], manifest: Mapping, parent: str | None = None,
-                  make_current: bool = True) -> str:
-    return HeadStore(store_dir).save(modules, manifest, parent=parent, make_current=make_current)
+                  make_current: bool = True, files: Mapping[str, object] | None = None) -> str:
+    return HeadStore(store_dir).save(modules, manifest, parent=parent, make_current=make_current, files=files)
 
 
 def load_head_set(store_dir, version: str | None = None, build: bool = True):

@@ -50,7 +50,41 @@ def _tags(path: str) -> dict:
         "field_strength_t": get("MagneticFieldStrength", float),
         "echo_number": get("EchoNumbers", int),
         "image_type": [str(v).upper() for v in image_type],
+        "matrix": (get("Rows", int), get("Columns", int)),
+        "orientation": _floats(getattr(ds, "ImageOrientationPatient", None), 6),
+        "position": _floats(getattr(ds, "ImagePositionPatient", None), 3),
     }
+
+
+def _floats(value, n: int) -> tuple[float, ...] | None:
+    try:
+        out = tuple(float(v) for v in value)
+    except (TypeError, ValueError):
+        return None
+    return out if len(out) == n else None
+
+
+def check_slice_geometry(per_file: list[dict], label: str) -> None:
+    """One matrix size, orientation tags present and one slice every ~equal step: GDCM would
+    otherwise guess an identity orientation or average the gaps (a silently distorted volume)."""
+    import numpy as np
+
+    sizes = sorted({t["matrix"] for t in per_file}, key=str)
+    if len(sizes) > 1:
+        shown = " and ".join(f"{r}x{c}" for r, c in sizes[:3])
+        raise InputError(f"{label}: mixes slices of different sizes ({shown}) under one series UID; "
+                         "export each acquisition as its own series")
+    for tag, key in (("ImageOrientationPatient", "orientation"), ("ImagePositionPatient", "position")):
+        missing = sum(t[key] is None for t in per_file)
+        if missing:
+            raise InputError(f"{label}: {missing} of {len(per_file)} slices lack {tag}, so the slices cannot be "
+                             "placed in space; export the series with its geometry tags (not as secondary capture)")
+    iop = np.asarray(per_file[0]["orientation"])
+    normal = np.cross(iop[:3], iop[3:])
+    steps = np.diff(np.sort([float(np.dot(normal, t["position"])) for t in per_file]))
+    if steps.size and (steps.min() < 1e-3 or steps.max() - steps.min() > 0.1 * max(steps.max(), 1e-6)):
+        raise InputError(f"{label}: slice spacing is not uniform (gaps {steps.min():.2f} to {steps.max():.2f} mm: "
+                         "missing or duplicated slices); give the complete series")
 
 
 def is_dicom_file(path: Path) -> bool:
@@ -89,6 +123,7 @@ def read_dicom_series(folder: Path, uid: str, files: list[str], echo: int | None
                       notes: list[str]) -> DicomSeries | None:
     """Read one series; returns None (with a note) for localizers and non-MR series."""
     per_file = [_tags(f) for f in files]
+    per_file_all = list(files)
     first = per_file[0]
     label = f"{folder} series {first['series_description'] or uid}"
     if any("LOCALIZER" in t["image_type"] for t in per_file):
@@ -108,6 +143,7 @@ def read_dicom_series(folder: Path, uid: str, files: list[str], echo: int | None
         chosen = echo
     if len(files) < 2:
         raise InputError(f"{label}: has a single slice (2D image); give a series with several slices")
+    check_slice_geometry([t for f, t in zip(per_file_all, per_file) if f in set(files)], label)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

@@ -112,6 +112,11 @@ def read_series(path: str | os.PathLike, echo: int | None = None, notes: list[st
             image, chosen = read_volume_file(file, echo)
             series.append(make_series(image, str(file), echo=chosen))
     if not series:
+        if path.is_dir() and not found:  # GDCM skips files it cannot parse: say so instead of "no images"
+            unreadable = sum(1 for f in path.rglob("*") if f.is_file() and is_dicom_file(f))
+            if unreadable:
+                notes.append(f"{unreadable} DICOM file(s) that form no readable image series "
+                             "(damaged, truncated or not images)")
         why = f" ({'; '.join(notes)})" if notes else ""
         raise InputError(f"{path}: no usable images found{why}; give a DICOM folder or a NIfTI/NRRD/MHA file")
     return series

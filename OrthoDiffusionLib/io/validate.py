@@ -15,6 +15,8 @@ import SimpleITK as sitk
 from ..errors import InputError
 
 MIN_INPLANE_PIXELS = 16  # below this it is a thumbnail or a localizer, not a diagnostic series
+# Knee MR voxels are ~0.1-10 mm; outside [0.01, 20] mm the header is wrong (metres, a scale bug)
+MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 20.0
 
 
 def _check_dimension(image: sitk.Image) -> str | None:
@@ -48,10 +50,31 @@ def _check_spacing(image: sitk.Image) -> str | None:
     return None
 
 
+def _check_plausible_spacing(image: sitk.Image) -> str | None:
+    spacing = np.asarray(image.GetSpacing(), dtype=float)
+    if np.any(spacing < MIN_SPACING_MM) or np.any(spacing > MAX_SPACING_MM):
+        return (f"has an implausible voxel spacing {tuple(round(float(v), 6) for v in spacing)} mm (MR voxels are "
+                f"{MIN_SPACING_MM}-{MAX_SPACING_MM:g} mm); check the header's units or re-export the series")
+    return None
+
+
 def _check_direction(image: sitk.Image) -> str | None:
     d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    if not np.all(np.isfinite(d)) or abs(abs(np.linalg.det(d)) - 1.0) > 1e-3:
+    # orthonormal columns (not only |det| = 1: a shear has det 1 and would distort the anatomy)
+    if not np.all(np.isfinite(d)) or not np.allclose(d.T @ d, np.eye(3), atol=1e-3):
         return "has a degenerate orientation (direction matrix is not a rotation); fix the header"
+    return None
+
+
+def _check_dtype(image: sitk.Image) -> str | None:
+    arr = sitk.GetArrayViewFromImage(image)
+    if np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize == 8:
+        return (f"has 64-bit integer voxels (values {int(arr.min())}..{int(arr.max())}), which no MR export "
+                "writes; re-export the series as 16-bit integers or float32")
+    if arr.dtype == np.float64 and arr.size:
+        finite = arr[np.isfinite(arr)]
+        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
+            return "has voxel values beyond the float32 range (±3.4e38); rescale or re-export the series"
     return None
 
 
@@ -71,7 +94,9 @@ CHECKS: list[Callable[[sitk.Image], str | None]] = [
     _check_components,
     _check_size,
     _check_spacing,
+    _check_plausible_spacing,
     _check_direction,
+    _check_dtype,
     _check_voxels,
 ]
 

@@ -9,6 +9,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from ..errors import InputError
+from .guards import check_stored_size
 from .validate import validate_image
 
 VOLUME_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".nhdr", ".mha", ".mhd")
@@ -41,8 +42,28 @@ def select_echo(image: sitk.Image, echo: int | None, path) -> tuple[sitk.Image, 
     return sitk.VectorIndexSelectionCast(image, echo - 1), echo
 
 
+def check_gzip_complete(path) -> None:
+    """ITK reads a truncated .gz without an error (the missing voxels become 0): refuse it here."""
+    if not str(path).lower().endswith(".gz") or not Path(path).is_file():
+        return
+    with open(path, "rb") as f:
+        if f.read(2) != b"\x1f\x8b":  # not gzip at all: ITK's own "cannot read" error says it
+            return
+    import gzip
+    import zlib
+
+    try:
+        with gzip.open(path, "rb") as f:
+            while f.read(1 << 22):
+                pass
+    except (EOFError, OSError, zlib.error) as exc:
+        raise InputError(f"{path}: damaged or truncated gzip file ({exc}); copy or export it again") from None
+
+
 def read_volume_file(path: Path, echo: int | None = None) -> tuple[sitk.Image, int | None]:
     """Read one NIfTI/NRRD/MHA file, select the echo of a 4D file and validate the result."""
+    check_gzip_complete(path)
+    check_stored_size(path)  # short raw data or a .nii without the NIfTI magic (ITK reads both silently)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..corrections import CorrectionsStore
+from ..corrections import CorrectionsStore, prediction_record
 from .segmentation import ATTR_CASE, ATTR_RESULT_DIR, ExportReport, _remove_volume, export_knee_labelmap
 from .volumes import volume_to_sitk
 
@@ -22,6 +22,8 @@ def save_correction(scene, seg_node, reference_volume, findings: dict, store: Co
     finally:
         _remove_volume(scene, labelmap)
     case = case_id or seg_node.GetAttribute(ATTR_CASE) or seg_node.GetName()
-    source = {"segmentation_node": seg_node.GetName(), "result_dir": seg_node.GetAttribute(ATTR_RESULT_DIR),
-              "skipped_segments": report.skipped}
+    result_dir = seg_node.GetAttribute(ATTR_RESULT_DIR)
+    source = {"segmentation_node": seg_node.GetName(), "result_dir": result_dir,
+              "skipped_segments": report.skipped,
+              "prediction": prediction_record(result_dir) if result_dir else {}}
     return store.save(case, image, findings, user=user, source=source), report

@@ -60,11 +60,11 @@ def extract_cohort(rows, spec, device="cpu", cache=None, seg_plane: str | None =
                    progress: bool = True, backbones: dict | None = None) -> CohortFeatures:
     """Features (one noise draw, seed ``seed``) of the model's planes for every manifest row, plus
     label maps of ``seg_plane`` pushed onto that plane's network grid (nearest neighbour)."""
-    import SimpleITK as sitk
     from tqdm import tqdm
 
     from ..features import FeatureExtractor
     from ..io import preprocess, volume_hash
+    from ..io.labels import read_label_map
 
     backbones = backbones or load_backbones(spec, device=device)
     extractors = {p: FeatureExtractor(m, device=device, backbone_sha256=sha, cache=cache)
@@ -92,7 +92,7 @@ def extract_cohort(rows, spec, device="cpu", cache=None, seg_plane: str | None =
             if plane == seg_plane:
                 lab_path = row.labels.get(f"labels_{plane}")
                 if lab_path is not None:
-                    lab = sitk.ReadImage(str(lab_path))
+                    lab = read_label_map(lab_path)  # values outside knee-11 are refused, not trained on
                     targets[i] = torch.as_tensor(transform.to_network(lab, is_label=True).astype(np.int64))
                     has_labels[i] = True
     features = {}

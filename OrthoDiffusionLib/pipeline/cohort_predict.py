@@ -1,54 +1,324 @@
-"""Cohort mode of ``orthodiffusion predict --manifest``: one result folder per study, resumable
-(cases whose result.json exists are skipped), failures recorded in ``errors.csv`` without stopping
-the cohort. Sequential in one process (the model is loaded once); ``--workers`` > 1 is not yet
-parallel and is reported as such."""
+"""Cohort mode of ``orthodiffusion predict --manifest``: one result folder per study.
+
+- **Resumable**: a case whose ``result.json`` exists is skipped (``result.json`` is written last,
+  so it marks a complete folder); a folder without it is a leftover of an interrupted run and is
+  removed before the case is predicted again.
+- **Failures do not stop the cohort**: any exception of one case is recorded in ``errors.csv``
+  (study id, error, short trace), its partial folder is removed, and the next run retries it.
+- **Parallel**: ``--workers N`` starts N spawned processes; each loads the model once and uses
+  ``cores // (N × local ranks)`` torch threads, so the CPU is not oversubscribed. The parent only
+  dispatches rows and shows the tqdm bar. Per-case results do not depend on the worker count
+  (features use per-case seeded noise).
+- **torchrun**: when ``RANK``/``WORLD_SIZE`` are set, rank r predicts rows ``r::WORLD_SIZE`` (on
+  ``cuda:LOCAL_RANK`` modulo the GPU count when CUDA is used) and sends its outcomes to rank 0 over a gloo process
+  group; rank 0 writes ``errors.csv`` and ``cohort_summary.json`` for the whole cohort.
+
+Next to the standard result files, every case folder gets ``uncertainty_summary.json`` (noise-draw
+spread, per-plane expert probabilities, MPAE weights, segmentation entropy) that
+``orthodiffusion rank`` reuses. Research use only, not for clinical decisions.
+"""
 
 from __future__ import annotations
 
 import csv
+import os
+import shutil
+import time
 import traceback
+from dataclasses import fields
 from pathlib import Path
+
+import numpy as np
+
+SUMMARY_FILE = "uncertainty_summary.json"
+PLANES = ("sagittal", "coronal", "axial")
+
+# set once per worker process by _init_worker
+_WORKER: dict = {}
+
+
+# ---------------------------------------------------------------------------------------------
+# settings shared by the parent and the workers (plain, picklable)
+
+def settings_from_args(args) -> dict:
+    """PredictJob fields taken from the CLI arguments (any field the parser has), minus the per-case ones."""
+    from .config import PredictJob
+
+    per_case = {"inputs", "out", "case_id", "ehr", "reformat"}
+    return {f.name: getattr(args, f.name) for f in fields(PredictJob)
+            if f.name not in per_case and hasattr(args, f.name)}
+
+
+def _job_for_row(settings: dict, row, case_out: Path):
+    from .config import PredictJob
+
+    inputs = [str(p) for p in row.images.values() if p is not None]
+    ehr = {k: v for k, v in row.ehr.items() if v not in (None, "")} or None
+    return PredictJob(**{**settings, "inputs": inputs, "out": str(case_out), "case_id": row.study_id,
+                         "ehr": ehr, "reformat": False})
+
+
+def cpu_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # macOS / Windows
+        return os.cpu_count() or 1
+
+
+def threads_per_worker(workers: int, local_world: int = 1) -> int:
+    return max(1, cpu_cores() // max(1, workers * local_world))
+
+
+# ---------------------------------------------------------------------------------------------
+# one case
+
+def uncertainty_summary(pred, loaded) -> dict:
+    """Per-case uncertainty components from a Prediction (used by ``orthodiffusion rank``)."""
+    import SimpleITK as sitk
+    import torch
+
+    from .. import DISCLAIMER
+
+    k = pred.draw_probabilities.shape[0]
+    feats = {p: (pred.planes[p].features if p in pred.planes else None) for p in PLANES}
+    present = torch.tensor([[p in pred.planes for p in PLANES]] * k)
+    with torch.no_grad():
+        expert_logits, _ = loaded.heads["mpae"].expert_logits(feats, present)
+    expert_p = torch.sigmoid(expert_logits).mean(0).numpy()            # [K_findings, 3]
+    expert_p[:, ~present[0].numpy()] = np.nan
+    entropy = sitk.GetArrayViewFromImage(pred.uncertainty)
+    labels = sitk.GetArrayViewFromImage(pred.labels)
+    structures = labels > 0
+    keys = [f.key for f in pred.result.findings]
+    return {
+        "disclaimer": DISCLAIMER, "case_id": pred.result.case_id, "draws": int(k),
+        "planes_present": list(pred.planes),
+        "findings": {key: {"probability": float(pred.probabilities[i]), "spread": float(pred.spread[i]),
+                           "expert_probabilities": {p: (None if np.isnan(expert_p[i, j]) else float(expert_p[i, j]))
+                                                    for j, p in enumerate(PLANES)},
+                           "plane_weights": {p: float(pred.plane_weights[i, j]) for j, p in enumerate(PLANES)}}
+                     for i, key in enumerate(keys)},
+        "segmentation_entropy_mean": float(entropy[structures].mean() if structures.any() else entropy.mean()),
+        "segmentation_entropy_over": "structure voxels" if structures.any() else "all voxels",
+        "segmentation_planes": list(pred.result.provenance.get("segmentation_planes", [])),
+    }
+
+
+def predict_case(settings: dict, row, out: Path, loaded) -> dict:
+    """Predict one manifest row into ``out/<study_id>``; never raises (the outcome says what happened)."""
+    from ..storage import atomic_write_json
+    from .predict import predict_study
+
+    case_out = out / row.study_id
+    t0 = time.perf_counter()
+    if row.study_id in (".", "..") or Path(row.study_id).name != row.study_id:  # never outside `out`
+        return {"study_id": row.study_id, "status": "failed", "seconds": 0.0, "trace": "",
+                "error": f"InputError: study_id '{row.study_id}' cannot be a folder name (no '/' or '..')"}
+    try:
+        if case_out.exists():  # leftover of an interrupted run (no result.json): start clean
+            shutil.rmtree(case_out)
+        pred = predict_study(_job_for_row(settings, row, case_out), loaded=loaded, log=lambda m: None)
+        atomic_write_json(case_out / SUMMARY_FILE, uncertainty_summary(pred, loaded))
+        return {"study_id": row.study_id, "status": "ok", "seconds": round(time.perf_counter() - t0, 3)}
+    except Exception as exc:  # one bad case must not stop the cohort; KeyboardInterrupt still does
+        from ..errors import UserError
+
+        shutil.rmtree(case_out, ignore_errors=True)
+        return {"study_id": row.study_id, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
+                "error": f"{type(exc).__name__}: {exc}",  # a user error's message says it all; a bug needs a trace
+                "trace": "" if isinstance(exc, UserError) else traceback.format_exc(limit=4).replace("\n", " | ")}
+
+
+def _init_worker(settings: dict, threads: int) -> None:
+    import torch
+
+    from ..device import resolve_device
+    from .predict import load_model
+
+    torch.set_num_threads(threads)
+    _WORKER["settings"] = settings
+    _WORKER["loaded"] = load_model(settings["model"], resolve_device(settings["device"]),
+                                   settings.get("heads_version"))
+
+
+def _worker_case(row, out: str) -> dict:
+    return {**predict_case(_WORKER["settings"], row, Path(out), _WORKER["loaded"]), "pid": os.getpid()}
+
+
+# ---------------------------------------------------------------------------------------------
+# torchrun
+
+def dist_env() -> tuple[int, int, int, int]:
+    """(rank, world size, local rank, local world size) from the torchrun environment (0, 1, 0, 1 without)."""
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    rank = int(os.environ.get("RANK", "0") or 0)
+    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
+    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+    if world > 1 and not 0 <= rank < world:
+        from ..errors import UserError
+
+        raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
+    return rank, world, local_rank, local_world
+
+
+def shard(rows: list, rank: int, world: int) -> list:
+    """Deterministic round-robin shard: rank r takes rows r, r+world, ..."""
+    return rows[rank::world]
+
+
+def _gather_outcomes(outcomes: list, rank: int, world: int) -> list | None:
+    """All ranks' outcomes on rank 0 (None elsewhere), through a gloo group with a long timeout
+    (ranks finish their shards at different times)."""
+    import datetime
+
+    import torch.distributed as dist
+
+    own = not dist.is_initialized()
+    if own:
+        dist.init_process_group("gloo", rank=rank, world_size=world, timeout=datetime.timedelta(days=7))
+    try:
+        got = [None] * world if rank == 0 else None
+        dist.gather_object(outcomes, got, dst=0)
+        dist.barrier()
+    finally:
+        if own:
+            dist.destroy_process_group()
+    return [o for part in got for o in part] if rank == 0 else None
+
+
+# ---------------------------------------------------------------------------------------------
+# the cohort
+
+def _write_reports(out: Path, outcomes: list, n_rows: int, settings: dict, workers: int, world: int,
+                   threads: int) -> None:
+    from .. import DISCLAIMER
+    from ..storage import atomic_path, atomic_write_json
+
+    errors = [o for o in outcomes if o["status"] == "failed"]
+    errors_csv = out / "errors.csv"
+    if errors:
+        with atomic_path(errors_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
+            f.write(f"# {DISCLAIMER}\n")
+            w = csv.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
+            w.writeheader()
+            w.writerows(sorted(errors, key=lambda o: o["study_id"]))
+    elif errors_csv.exists():
+        errors_csv.unlink()  # errors of an earlier run, all fixed now
+    counts = {s: sum(o["status"] == s for o in outcomes) for s in ("ok", "skipped", "failed")}
+    atomic_write_json(out / "cohort_summary.json", {
+        "disclaimer": DISCLAIMER, "rows": n_rows, "predicted": counts["ok"], "skipped": counts["skipped"],
+        "failed": counts["failed"], "workers": workers, "threads_per_worker": threads, "world_size": world,
+        "settings": settings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "cases": sorted(({k: v for k, v in o.items() if k != "trace"} for o in outcomes),
+                        key=lambda o: o["study_id"])})
+
+
+def _check_model(settings: dict) -> None:
+    """Fail fast, in the parent, with one line (instead of N broken workers)."""
+    from ..errors import UserError
+    from ..heads import HeadStore
+    from .catalogue import get_model
+
+    spec = get_model(settings["model"])
+    if settings.get("heads_version") is None and not HeadStore(spec.heads_for_read()).current():
+        raise UserError(f"model '{spec.id}' has no fitted heads in {spec.heads_for_read()}; fit them with "
+                        f"`orthodiffusion fit --model {spec.id} --manifest COHORT.csv`")
+
+
+def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_world: int = 1,
+             desc: str = "cases", loaded=None, threads: int | None = None) -> list:
+    """Predict ``rows`` (skipping finished ones) with ``workers`` processes, ``threads`` torch threads
+    each (default: cores split evenly); outcome dicts in row order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    import torch
+    from tqdm import tqdm
+
+    outcomes: dict[str, dict] = {}
+    todo = []
+    for row in rows:
+        if (out / row.study_id / "result.json").is_file():
+            outcomes[row.study_id] = {"study_id": row.study_id, "status": "skipped"}
+        else:
+            todo.append(row)
+    threads = threads or threads_per_worker(workers, local_world)
+    threads_before = torch.get_num_threads()
+    bar = tqdm(total=len(rows), initial=len(rows) - len(todo), desc=desc, unit="case")
+    try:
+        if todo and workers <= 1:
+            torch.set_num_threads(threads)
+            if loaded is None:
+                from ..device import resolve_device
+                from .predict import load_model
+
+                loaded = load_model(settings["model"], resolve_device(settings["device"]),
+                                    settings.get("heads_version"))
+            for row in todo:
+                outcomes[row.study_id] = o = predict_case(settings, row, out, loaded)
+                if o["status"] == "failed":
+                    bar.write(f"failed: {row.study_id}: {o['error']}")
+                bar.update(1)
+        elif todo:
+            ctx = multiprocessing.get_context("spawn")  # fork + torch threads can deadlock
+            with ProcessPoolExecutor(max_workers=min(workers, len(todo)), mp_context=ctx,
+                                     initializer=_init_worker, initargs=(settings, threads)) as pool:
+                futures = {pool.submit(_worker_case, row, str(out)): row for row in todo}
+                for fut in as_completed(futures):
+                    row = futures[fut]
+                    try:
+                        o = fut.result()
+                    except Exception as exc:  # the worker died (model load failed, out of memory, killed)
+                        o = {"study_id": row.study_id, "status": "failed",
+                             "error": f"worker failed: {type(exc).__name__}: {exc}", "trace": ""}
+                        shutil.rmtree(out / row.study_id, ignore_errors=True)
+                    outcomes[row.study_id] = o
+                    if o["status"] == "failed":
+                        bar.write(f"failed: {row.study_id}: {o['error']}")
+                    bar.update(1)
+    finally:
+        bar.close()
+        torch.set_num_threads(threads_before)
+    return [outcomes[r.study_id] for r in rows]
 
 
 def predict_cohort(args) -> int:
-    from tqdm import tqdm
-
     from .. import DISCLAIMER
     from ..cohort import read_manifest
-    from ..device import resolve_device
     from ..errors import UserError
-    from .config import PredictJob
-    from .predict import load_model, predict_study
 
+    if args.workers < 1:
+        raise UserError(f"--workers must be ≥ 1, got {args.workers}")
+    threads = getattr(args, "threads", None)
+    if threads is not None and threads < 1:
+        raise UserError(f"--threads must be ≥ 1, got {threads}")
     manifest = read_manifest(args.manifest)
     out = Path(args.out)
+    settings = settings_from_args(args)
+    rank, world, local_rank, local_world = dist_env()
+    rows = manifest.rows
+    if world > 1:
+        rows = shard(rows, rank, world)
+        import torch
+
+        if settings.get("device", "auto") in ("auto", "cuda", "gpu") and torch.cuda.is_available():
+            settings["device"] = f"cuda:{local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: share
+    _check_model(settings)
     out.mkdir(parents=True, exist_ok=True)
-    if args.workers > 1:
-        print(f"note: --workers {args.workers}: cohort mode runs sequentially in this version")
-    device = resolve_device(args.device)
-    loaded = load_model(args.model, device, args.heads_version)
-    errors, done, skipped = [], 0, 0
-    for row in tqdm(manifest.rows, desc="cases", unit="case"):
-        case_out = out / row.study_id
-        if (case_out / "result.json").is_file():
-            skipped += 1
-            continue
-        inputs = [str(p) for p in row.images.values() if p is not None]
-        try:
-            job = PredictJob(inputs=inputs, out=str(case_out), model=args.model, device=args.device,
-                             draws=args.draws, seed=args.seed, reference=args.reference,
-                             ehr={k: v for k, v in row.ehr.items() if v not in (None, "")} or None,
-                             reformat=False, case_id=row.study_id, cache=args.cache, no_cache=args.no_cache)
-            predict_study(job, loaded=loaded, log=lambda m: None)
-            done += 1
-        except (UserError, RuntimeError, ValueError, OSError) as exc:
-            errors.append({"study_id": row.study_id, "error": f"{type(exc).__name__}: {exc}",
-                           "trace": traceback.format_exc(limit=3).replace("\n", " | ")})
-    if errors:
-        with open(out / "errors.csv", "w", newline="", encoding="utf-8") as f:
-            w = csv.DictWriter(f, fieldnames=["study_id", "error", "trace"])
-            w.writeheader()
-            w.writerows(errors)
-    print(f"{done} predicted, {skipped} already done, {len(errors)} failed"
-          + (f" (see {out / 'errors.csv'})" if errors else "") + f"  [{DISCLAIMER}]")
-    return 1 if errors and not done and not skipped else 0
+    outcomes = run_rows(rows, out, settings, args.workers, local_world if world > 1 else 1,
+                        desc=f"rank {rank}/{world} cases" if world > 1 else "cases", threads=threads)
+    for o in outcomes:
+        o["rank"] = rank
+    if world > 1:
+        outcomes = _gather_outcomes(outcomes, rank, world)
+        if outcomes is None:  # not rank 0: rank 0 reports for the cohort
+            return 0
+    _write_reports(out, outcomes, len(manifest.rows), settings, args.workers, world,
+                   threads or threads_per_worker(args.workers, local_world if world > 1 else 1))
+    done = sum(o["status"] == "ok" for o in outcomes)
+    skipped = sum(o["status"] == "skipped" for o in outcomes)
+    failed = sum(o["status"] == "failed" for o in outcomes)
+    print(f"{done} predicted, {skipped} already done, {failed} failed"
+          + (f" (see {out / 'errors.csv'})" if failed else "") + f"; summary: {out / 'cohort_summary.json'}"
+          + f"  [{DISCLAIMER}]")
+    return 1 if failed and not done and not skipped else 0

@@ -36,8 +36,11 @@ class FitJob:
     max_epochs: int = 200
     seg_epochs: int = 60
     parent: str | None = None            # recorded parent version; default: the store's current
+    replay: int = 48                     # training cases kept in the version for fine-tune replay (0: none)
 
     def validate(self) -> None:
+        if self.replay < 0:
+            raise UserError(f"--replay must be ≥ 0, got {self.replay}")
         if self.task not in TASKS:
             raise UserError(f"--task must be one of {', '.join(TASKS)}, got '{self.task}'")
         if not 0 < self.label_fraction <= 1:
@@ -72,8 +75,14 @@ class PredictJob:
     cache: str | None = None
     no_cache: bool = False
     case_id: str | None = None
+    max_voxels: int | None = 512 ** 3    # per image, checked on headers before loading (None: no limit)
+    max_memory_gb: float | None = None   # refuse when the memory estimate is above this (and above free RAM)
 
     def validate(self) -> None:
+        if self.max_voxels is not None and self.max_voxels < 1:
+            raise UserError(f"--max-voxels must be ≥ 1, got {self.max_voxels}")
+        if self.max_memory_gb is not None and not self.max_memory_gb > 0:
+            raise UserError(f"--max-memory must be > 0 GB, got {self.max_memory_gb}")
         if not self.inputs:
             raise UserError("no input: give a DICOM folder, up to three NIfTI/NRRD files or one 3D volume")
         if not 1 <= self.draws <= 32:
@@ -86,4 +95,35 @@ class PredictJob:
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictJob":
+        return _from_dict(cls, data)
+
+
+@dataclass
+class FinetuneJob:
+    model: str = "knee-demo"
+    corrections: str | None = None       # corrections store; default: the per-user one
+    cases: list = field(default_factory=list)  # case ids to use (default: every case; latest entry each)
+    replay: int = 16                     # replay-sample cases mixed in (0: none)
+    replay_weight: float = 0.3           # weight of the replay (distillation) term against the corrections'
+    epochs: int = 40                     # optimiser steps; each sees every corrected case + a few replay cases
+    seed: int = 0
+    lr: float = 1e-2                     # output layers only (decoder classifier, expert linears, gate)
+    device: str = "cpu"
+    cache: str | None = None             # feature cache; default: the one the prediction used
+
+    def validate(self) -> None:
+        if self.replay < 0:
+            raise UserError(f"--replay must be ≥ 0, got {self.replay}")
+        if not 0 <= self.replay_weight <= 100:
+            raise UserError(f"--replay-weight must be between 0 and 100, got {self.replay_weight}")
+        if not 1 <= self.epochs <= 1000:
+            raise UserError(f"--epochs must be between 1 and 1000, got {self.epochs}")
+        if not 0 < self.lr < 1:
+            raise UserError(f"--lr must be in (0, 1), got {self.lr}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FinetuneJob":
         return _from_dict(cls, data)

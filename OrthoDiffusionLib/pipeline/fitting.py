@@ -1,6 +1,8 @@
 """Cohort → fitted, versioned head set: diagnosis (MPAE, + EHR late fusion when the manifest has
 EHR columns) and segmentation (one plane's decoder on that plane's network grid, partial labels
 from ``annotated_classes``). Metrics on the manifest's ``val`` split go into the head manifest.
+The version also keeps a small replay sample of the training cases (``heads.replay``) for
+``orthodiffusion finetune``.
 """
 
 from __future__ import annotations
@@ -201,7 +203,20 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
         "software": {"orthodiffusion": __version__, "torch": torch.__version__},
         "disclaimer": DISCLAIMER,
     }
-    version = save_head_set(store_dir, modules, head_manifest, parent=parent)
+    files = {}
+    if job.replay > 0:
+        from ..heads.replay import REPLAY_FILE, build_replay, choose_replay_cases, replay_metadata
+
+        y_train = _labels(train_rows, keys)
+        seg_targets = tr.seg_targets if do_seg else None
+        has_seg = tr.seg_has_labels if seg_targets is not None else np.zeros(len(train_rows), bool)
+        pick = choose_replay_cases(y_train, has_seg, job.replay, job.seed)
+        files[REPLAY_FILE] = build_replay(tr.features, tr.present, y_train, pick,
+                                          seg_plane if seg_targets is not None else None, seg_targets,
+                                          annotated_mask(train_rows, structure_set.keys))
+        head_manifest["replay"] = replay_metadata(seg_plane if seg_targets is not None else None, len(pick), job.seed)
+        log(f"[writing] replay sample: {len(pick)} training cases")
+    version = save_head_set(store_dir, modules, head_manifest, parent=parent, files=files)
     seconds = round(time.perf_counter() - t_start, 2)
     log(f"[writing] head set {version} (parent {parent}) in {store_dir}; {seconds} s")
     return {"version": version, "store": str(store_dir), "manifest": head_manifest, "seconds": seconds}

@@ -84,6 +84,15 @@ def parse_ehr(text: str | dict | None) -> dict | None:
     return out
 
 
+def validate_ehr(record: dict | None) -> dict | None:
+    """Check fields, ranges and codes now (as the EHR head would, after minutes of work)."""
+    if record:
+        from ..heads.ehr import fit_ehr_spec
+
+        fit_ehr_spec([record], strict=True)
+    return record
+
+
 @dataclass
 class LoadedModel:
     spec: object
@@ -111,6 +120,13 @@ def load_model(model_id: str, device="cpu", heads_version: str | None = None) ->
         if want and want != sha:
             raise UserError(f"head set {manifest.get('version')} in {store} was fitted on another {p} backbone "
                             f"(sha256 {want[:12]}… vs {sha[:12]}…); refit the heads")
+        fitted = (manifest.get("feature_spec") or {}).get(p)  # e.g. changed by `sweep --write-config`
+        if fitted and (int(fitted["timestep"]), fitted["block"]) != (int(spec.planes[p]["timestep"]),
+                                                                     spec.planes[p]["block"]):
+            raise UserError(f"head set {manifest.get('version')} in {store} was fitted on {p} features at "
+                            f"t={fitted['timestep']} {fitted['block']}, the model now uses "
+                            f"t={spec.planes[p]['timestep']} {spec.planes[p]['block']}; refit the heads "
+                            f"(orthodiffusion fit --model {spec.id} --manifest …)")
     return LoadedModel(spec, backbones, heads, manifest, Path(store), device)
 
 
@@ -149,7 +165,10 @@ def _resample_vector(img, reference):
     return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, img.GetPixelID())
 
 
-def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print, write: bool = True) -> Prediction:
+def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print, write: bool = True,
+                  after_write=None) -> Prediction:
+    """``after_write(pred)`` runs on the staged folder (``pred.out_dir``) before it is renamed into
+    place, so exports such as pseudonymisation are never seen half done."""
     import SimpleITK as sitk
 
     from ..device import resolve_device
@@ -158,18 +177,23 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from ..io import load_study, preprocess, volume_hash
     from ..labelsets import load_label_set
     from ..results import CaseResult, Finding, write_result_folder
-    from ..storage import sha256_file
+    from ..storage import check_output_folder, sha256_file
+    from .resources_guard import guard_predict
 
     job.validate()
     t_all = time.perf_counter()
     timer = StageTimer(log)
     timer.start("loading", f"model {job.model}, study {' '.join(str(p) for p in job.inputs)}")
+    # inputs first (headers, then pixels), weights last: a bad input fails fast and leaves nothing
+    if write:
+        check_output_folder(job.out)
+    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log)
+    ehr = validate_ehr(parse_ehr(job.ehr))
+    study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)
     device = loaded.device if loaded else resolve_device(job.device)
     if loaded is None:
         loaded = load_model(job.model, device, job.heads_version)
     spec, heads, hman = loaded.spec, loaded.heads, loaded.head_manifest
-    ehr = parse_ehr(job.ehr)
-    study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)
     warnings = list(study.warnings)
     usable = {p: s for p, s in study.planes.items() if p in loaded.backbones}
     for p in study.planes:
@@ -199,7 +223,10 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     with torch.no_grad():
         for plane, pd in planes.items():
             model, sha = loaded.backbones[plane]
-            ex = FeatureExtractor(model, device=device, backbone_sha256=sha, cache=cache)
+            # CPU: one draw per pass. Batching K draws saves no time there but multiplies the
+            # activations (released config, one plane, K=3: 4.2 vs 1.7 GiB peak; bench/predict.md)
+            ex = FeatureExtractor(model, device=device, backbone_sha256=sha, cache=cache,
+                                  max_batch=1 if torch.device(device).type == "cpu" else 4)
             feats = ex.extract(pd.array, pd.content_hash, plane, spec.feature_spec(plane, job.draws, seed))
             pd.features = next(iter(feats.values())).float().cpu()
             log(f"  {plane}: features {tuple(pd.features.shape)}")
@@ -289,15 +316,20 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     result.timings["peak_rss_mb"] = peak_rss_mb()
     result.provenance["stages"] = {s: v for s, v in stages.items() if s != "writing"}
     if write:
-        t0 = time.perf_counter()
-        pred.out_dir = write_result_folder(result, labels_img, job.out, uncertainty=unc_img)
-        result.timings["writing_s"] = round(time.perf_counter() - t0, 3)
-        from ..storage import atomic_write_json
+        from ..storage import atomic_write_json, staged_folder
 
-        atomic_write_json(Path(job.out) / "timings.json", {
-            "disclaimer": DISCLAIMER, "stages": {**result.provenance["stages"],
-                                                 "writing": {"seconds": result.timings["writing_s"],
-                                                             "peak_rss_mb": peak_rss_mb()}},
-            "total_s": round(time.perf_counter() - t_all, 3)})
+        t0 = time.perf_counter()
+        with staged_folder(job.out) as stage:  # the folder appears whole or not at all
+            write_result_folder(result, labels_img, stage, uncertainty=unc_img)
+            result.timings["writing_s"] = round(time.perf_counter() - t0, 3)
+            atomic_write_json(stage / "timings.json", {
+                "disclaimer": DISCLAIMER, "stages": {**result.provenance["stages"],
+                                                     "writing": {"seconds": result.timings["writing_s"],
+                                                                 "peak_rss_mb": peak_rss_mb()}},
+                "total_s": round(time.perf_counter() - t_all, 3)})
+            if after_write is not None:
+                pred.out_dir = stage
+                after_write(pred)
+        pred.out_dir = result.directory = Path(job.out)
     result.timings["total_s"] = round(time.perf_counter() - t_all, 3)
     return pred

@@ -13,6 +13,13 @@ import numpy as np
 from .. import DISCLAIMER
 
 PLANES = ("sagittal", "coronal", "axial")
+# shared by the cohort report (pipeline/cohort_report.py)
+STYLE = """body{font-family:sans-serif;margin:24px;max-width:1240px;color:#222}
+.banner{background:#b03a2e;color:#fff;padding:14px 18px;font-size:22px;font-weight:bold;border-radius:6px}
+.note{background:#fdf2e9;border-left:6px solid #e67e22;padding:8px 12px;margin:8px 0}
+table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
+th{background:#eee}img{max-width:100%}h2{margin-top:26px}small{color:#666}"""
+BANNER = f'<div class="banner">{html.escape(DISCLAIMER)}</div>'
 
 
 def _png(fig) -> str:
@@ -89,6 +96,11 @@ def _findings_chart(pred) -> str:
     return _png(fig)
 
 
+def png_file_uri(path) -> str:
+    """A PNG file on disk as a data: URI (self-contained reports)."""
+    return "data:image/png;base64," + base64.b64encode(Path(path).read_bytes()).decode("ascii")
+
+
 def _table(rows, header) -> str:
     h = "".join(f"<th>{html.escape(str(c))}</th>" for c in header)
     b = "".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in r) + "</tr>" for r in rows)
@@ -96,8 +108,10 @@ def _table(rows, header) -> str:
 
 
 def write_report(pred, path, title: str = "OrthoDiffusion result", notes: list[str] | None = None,
-                 wall_s: float | None = None) -> Path:
+                 wall_s: float | None = None, anonymize: bool = False, salt: str | None = None) -> Path:
+    """``anonymize``: the case id is replaced by a pseudonym (see pipeline/anonymize.py)."""
     from ..labelsets import load_label_set
+    from .anonymize import Pseudonymizer
 
     r = pred.result
     structures = load_label_set("knee-11")
@@ -122,14 +136,10 @@ def write_report(pred, path, title: str = "OrthoDiffusion result", notes: list[s
     if wall_s is not None:
         t_rows.append(("whole command (wall)", f"{wall_s:.1f}", ""))
     doc = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
-<style>body{{font-family:sans-serif;margin:24px;max-width:1240px;color:#222}}
-.banner{{background:#b03a2e;color:#fff;padding:14px 18px;font-size:22px;font-weight:bold;border-radius:6px}}
-.note{{background:#fdf2e9;border-left:6px solid #e67e22;padding:8px 12px;margin:8px 0}}
-table{{border-collapse:collapse;margin:8px 0}}td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
-th{{background:#eee}}img{{max-width:100%}}h2{{margin-top:26px}}small{{color:#666}}</style></head><body>
-<div class="banner">Research use only, not for clinical decisions.</div>
+<style>{STYLE}</style></head><body>
+{BANNER}
 <h1>{html.escape(title)}</h1>
-<p>Case <b>{html.escape(r.case_id)}</b> · model <b>{html.escape(r.model['id'])} {html.escape(r.model['version'])}</b>
+<p>Case <b>{html.escape(Pseudonymizer(anonymize, salt)(r.case_id))}</b> · model <b>{html.escape(r.model['id'])} {html.escape(r.model['version'])}</b>
 · heads {html.escape(str(r.head_version))} · device {html.escape(prov.get('device', ''))}</p>
 {''.join(f'<div class="note">{html.escape(n)}</div>' for n in notes)}
 <div class="note">{html.escape(planes_line)}</div>

@@ -85,6 +85,7 @@ class TrainConfig:
     threads: int | None = None
     progress: bool = True
     resume: str | None = None  # None, "auto" (out/checkpoints/latest) or a checkpoint folder
+    init: str | None = None  # continued pretraining: start from this backbone's weights (fresh optimizer, step 0)
     command: str = ""
 
     def to_dict(self) -> dict:
@@ -335,6 +336,8 @@ def _run(cfg: TrainConfig, model_config: UNetConfig, volumes=None) -> dict:
         raise InputError(f"unknown plane {cfg.plane!r}")
     if cfg.optimizer not in ("adamw", "adam"):
         raise InputError(f"--optimizer must be adamw or adam, got {cfg.optimizer!r}")
+    if cfg.init and not Path(cfg.init).is_file():  # before the (slow) data loading
+        raise InputError(f"--init: backbone not found: {cfg.init}")
     device = resolve_device(cfg.device)
     info = dist_utils.init(device.type)
     if device.type == "cuda" and info.enabled:
@@ -376,7 +379,12 @@ def _run(cfg: TrainConfig, model_config: UNetConfig, volumes=None) -> dict:
 
     # model / optimisation -----------------------------------------------------------------------
     torch.manual_seed(cfg.seed)
-    raw = DiffusionUNet(model_config, use_checkpoint=cfg.grad_checkpointing).to(device)
+    raw = DiffusionUNet(model_config, use_checkpoint=cfg.grad_checkpointing)
+    init_record = None
+    if cfg.init:  # before the EMA copy; a --resume below overwrites both with the checkpoint's weights
+        init_record = load_init_weights(raw, cfg.init, model_config)
+        _log(info, f"continued pretraining: initial weights from {cfg.init} (sha256 {init_record['sha256'][:12]}…)")
+    raw = raw.to(device)
     ema = EMA(raw, cfg.ema_decay, cfg.ema_start, cfg.ema_every)
     opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
     opt = opt_cls(raw.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
@@ -516,6 +524,7 @@ def _run(cfg: TrainConfig, model_config: UNetConfig, volumes=None) -> dict:
             save_samples_png(out / "samples" / f"step_{step:06d}.png", ema.model, schedule, shape, cfg.n_samples,
                              cfg.sample_steps, cfg.seed, device, train_arrays[0],
                              f"{cfg.plane}, EMA step {step}, DDIM {cfg.sample_steps} steps, central slice")
+        summary["init"] = init_record
         summary["backbone"] = str(export_backbone(ema.model, out / "backbone" / f"{cfg.plane}.safetensors", cfg,
                                                   summary, names))
     dist_utils.barrier(info)
@@ -535,7 +544,29 @@ def export_backbone(ema_model, path: Path, cfg: TrainConfig, summary: dict, name
         "wall_time_s": round(summary["elapsed_s"], 1), "seed": cfg.seed, "command": cfg.command,
         "train_config": cfg.to_dict(),
     }
+    if summary.get("init"):  # steps count from the initial weights; the earlier stage is in "init"
+        provenance["init"] = summary["init"]
     return save_backbone(cpu_model, path, provenance=provenance)
+
+
+def load_init_weights(model: DiffusionUNet, path: str | Path, model_config: UNetConfig) -> dict:
+    """Load a backbone (ours or a published .pt, EMA weights) into ``model`` for continued pretraining.
+
+    The architecture must equal ``model_config``; returns a record (path, sha256, steps, provenance
+    command of the source) for the new backbone's provenance."""
+    from ..backbone.checkpoints import load_backbone
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"--init: backbone not found: {path}")
+    source, info = load_backbone(path)
+    if source.config.to_dict() != model_config.to_dict():
+        raise InputError(f"--init: {path.name} has another architecture than --config "
+                         f"({source.config.to_dict()} vs {model_config.to_dict()})")
+    model.load_state_dict(source.state_dict(), strict=True)
+    prov = info.get("provenance") or info.get("manifest", {}).get("provenance") or {}
+    return {"path": str(path), "sha256": sha256_file(path), "steps": prov.get("steps"),
+            "command": prov.get("command"), "data": prov.get("data")}
 
 
 def _write_csv(path: Path, rows: list[dict], rewrite: bool = False) -> None:
@@ -562,4 +593,4 @@ def train_config_from(model_defaults: dict, **overrides) -> TrainConfig:
 
 
 __all__ = ["TrainConfig", "run_pretraining", "train_config_from", "plot_loss", "read_log", "find_checkpoint",
-           "load_checkpoint_weights", "export_backbone"]
+           "load_checkpoint_weights", "export_backbone", "load_init_weights"]

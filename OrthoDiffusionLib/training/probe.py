@@ -61,16 +61,22 @@ def pooled_features(model, x: np.ndarray, ids: list[str], plane: str, t: int, bl
     return np.stack(out)
 
 
-def cv_auroc(X: np.ndarray, y: np.ndarray, folds: int = 5, repeats: int = 5) -> tuple[float, float]:
+def make_probe(c: float = 1.0):
+    """The linear probe: standardised L2-logistic regression (sklearn); also used by ``orthodiffusion sweep``."""
     from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import roc_auc_score
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
+    return make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=5000))
+
+
+def cv_auroc(X: np.ndarray, y: np.ndarray, folds: int = 5, repeats: int = 5) -> tuple[float, float]:
+    from sklearn.metrics import roc_auc_score
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
     scores = []
     for r in range(repeats):
-        clf = make_pipeline(StandardScaler(), LogisticRegression(C=1.0, max_iter=5000))
+        clf = make_probe()
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=r)
         p = cross_val_predict(clf, X, y, cv=cv, method="predict_proba")[:, 1]
         scores.append(roc_auc_score(y, p))

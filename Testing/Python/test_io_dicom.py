@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import locale
+
 import numpy as np
 import pytest
 import SimpleITK as sitk
@@ -14,8 +16,18 @@ STUDY_UID = "1.2.826.0.1.3680043.8.498.1000"
 
 
 def write_dicom_series(image: sitk.Image, folder, series_uid: str, description: str, echo: int = 1,
-                       image_type: str = "ORIGINAL\\PRIMARY\\M\\ND", prefix: str = "") -> None:
-    """One MR DICOM file per slice with explicit position/orientation tags (as a scanner writes)."""
+                       image_type: str = "ORIGINAL\\PRIMARY\\M\\ND", prefix: str = "",
+                       extra: dict | None = None) -> None:
+    """One MR DICOM file per slice with explicit position/orientation tags (as a scanner writes);
+    ``extra``: more tags ("gggg|eeee" -> value), e.g. patient attributes."""
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's writer resets LC_CTYPE to "C" (ASCII text I/O)
+    try:
+        _write_slices(image, folder, series_uid, description, echo, image_type, prefix, extra)
+    finally:
+        locale.setlocale(locale.LC_ALL, saved_locale)
+
+
+def _write_slices(image, folder, series_uid, description, echo, image_type, prefix, extra) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     direction = np.asarray(image.GetDirection()).reshape(3, 3)
     iop = "\\".join(f"{v:.10g}" for v in (*direction[:, 0], *direction[:, 1]))
@@ -28,7 +40,7 @@ def write_dicom_series(image: sitk.Image, folder, series_uid: str, description: 
             "0008|0018": f"{series_uid}.{echo}.{k + 1}", "0008|0060": "MR", "0008|0070": "GE MEDICAL SYSTEMS",
             "0008|103e": description, "0018|0050": f"{image.GetSpacing()[2]:.4f}", "0018|0086": str(echo),
             "0018|0087": "3", "0020|000d": STUDY_UID, "0020|000e": series_uid, "0020|0011": series_uid[-1],
-            "0020|0013": str(k + 1), "0020|0032": ipp, "0020|0037": iop,
+            "0020|0013": str(k + 1), "0020|0032": ipp, "0020|0037": iop, **(extra or {}),
         }
         slice_2d = image[:, :, k]
         for key, value in tags.items():

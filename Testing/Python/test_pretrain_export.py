@@ -62,3 +62,45 @@ def test_export_from_training_checkpoint(tmp_path):
     assert all(torch.equal(raw_sd[k], v) for k, v in back_raw.state_dict().items())
     state = json.loads((ck / "state.json").read_text())
     assert state["step"] == 2 and "files" in state
+
+
+def test_knee_demo_export_sidecar_round_trip(tmp_path, capsys):
+    """The shipped knee-demo backbone (norm_groups 8, 16x64x64) → .pt + .pt.json → back, losslessly;
+    without the sidecar the error names it; a stale sidecar is refused."""
+    import shutil
+
+    import pytest
+
+    from OrthoDiffusionLib.backbone.checkpoints import load_backbone
+    from OrthoDiffusionLib.backbone.official import sidecar_path
+    from OrthoDiffusionLib.errors import CheckpointError
+    from OrthoDiffusionLib.resources import resource_path
+
+    src = resource_path("Models", "knee-demo", "sagittal.safetensors")
+    m, _ = load_backbone(src)
+    assert m.config.norm_groups == 8
+    out = tmp_path / "sagittal.pt"
+    assert main(["export", "--backbone", str(src), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sagittal.pt.json" in printed and "norm_groups=8" in printed
+    side = json.loads(sidecar_path(out).read_text())
+    assert side["config"] == m.config.to_dict() and side["runs_in_reference_code"] is False
+
+    back, info = load_backbone(out)  # no config passed: read from the sidecar
+    assert info["config_source"] == "sidecar" and back.config == m.config
+    sd = m.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in back.state_dict().items())
+    x, t = torch.randn(1, 1, 16, 64, 64), torch.tensor([100])
+    with torch.no_grad():
+        assert torch.equal(m.eval()(x, t), back(x, t))
+
+    bare = tmp_path / "bare" / "sagittal.pt"
+    bare.parent.mkdir()
+    shutil.copy(out, bare)
+    with pytest.raises(CheckpointError, match=r"config sidecar sagittal\.pt\.json"):
+        load_backbone(bare)
+    # a sidecar left over from another export does not describe this file
+    shutil.copy(sidecar_path(out), sidecar_path(bare))
+    torch.save({**torch.load(bare, weights_only=True), "step": 7}, bare)
+    with pytest.raises(CheckpointError, match="stale sidecar"):
+        load_backbone(bare)
