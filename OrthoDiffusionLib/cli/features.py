@@ -32,7 +32,6 @@ def _run(args) -> int:
     import time
     from pathlib import Path
 
-    import torch
     from safetensors.torch import save_file
     from tqdm import tqdm
 

@@ -21,6 +21,8 @@ def register(sub) -> None:
     p.add_argument("--case", dest="cases", action="append", default=[], metavar="ID",
                    help="use only this case's latest correction (repeatable; default: every case)")
     p.add_argument("--replay", type=int, default=16, help="replay-sample cases mixed in (default 16; 0: none)")
+    p.add_argument("--replay-weight", type=float, default=0.1,
+                   help="weight of the replay loss (targets: the heads' outputs before fine-tuning; default 0.1)")
     p.add_argument("--epochs", type=int, default=40,
                    help="optimiser steps, each on every corrected case + a few replay cases (default 40)")
     p.add_argument("--lr", type=float, default=1e-2, help="learning rate of the output layers (default 1e-2)")
@@ -87,7 +89,8 @@ def _run(args) -> int:
     from ..pipeline.config import FinetuneJob
 
     job = FinetuneJob(model=args.model, corrections=args.corrections, cases=list(args.cases), replay=args.replay,
-                      epochs=args.epochs, seed=args.seed, lr=args.lr, device=args.device, cache=args.cache)
+                      replay_weight=args.replay_weight, epochs=args.epochs, seed=args.seed, lr=args.lr,
+                      device=args.device, cache=args.cache)
     summary = ft.finetune(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
     _print_summary(summary)
     if args.json:

@@ -41,8 +41,8 @@ def masked_bce(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits[known], labels[known])
 
 
-def _split(labels: np.ndarray, cfg: FitConfig, groups=None) -> tuple[np.ndarray, np.ndarray]:
-    """(train, val) indices; no validation split when there are too few examples."""
+def validation_split(labels: np.ndarray, cfg, groups=None) -> tuple[np.ndarray, np.ndarray]:
+    """(train, val) indices (``cfg.val_fraction``, ``cfg.seed``); none when there are too few examples."""
     n = len(labels)
     if n < 10 or cfg.val_fraction <= 0:
         return np.arange(n), np.arange(0)
@@ -89,7 +89,7 @@ def fit_plane_expert(features: torch.Tensor, labels, cfg: FitConfig | None = Non
     torch.manual_seed(cfg.seed)
     y = _labels_tensor(labels)
     expert = PlaneExpert(features.shape[1], y.shape[1], num_heads)
-    train, val = _split(y.numpy(), cfg, groups)
+    train, val = validation_split(y.numpy(), cfg, groups)
     history = train_module(expert, lambda idx: masked_bce(expert(features[idx]), y[idx]), train, val, cfg)
     return expert, history
 
@@ -140,7 +140,7 @@ def fit_mpae(features: Mapping[str, torch.Tensor | None], labels, present: torch
                     stacking=stacking)
     torch.manual_seed(gate_cfg.seed)
     fusion_params = list(head.gate.parameters()) + (list(head.stacking.parameters()) if head.stacking else [])
-    g_train, g_val = _split(y.numpy(), gate_cfg, groups)
+    g_train, g_val = validation_split(y.numpy(), gate_cfg, groups)
     histories["gate"] = train_module(head, lambda idx: masked_bce(head.fuse(oof[idx], mask[idx]).logits, y[idx]),
                                      g_train, g_val, gate_cfg, parameters=fusion_params)
     with torch.no_grad():
@@ -172,7 +172,7 @@ def fit_ehr_fusion(mri_logits: torch.Tensor, records: Sequence[Mapping], labels,
     head = EHRFusionHead(spec, y.shape[1], hidden=hidden, dropout=dropout)
     batch = encode_ehr(records, spec)
     z = mri_logits.detach().float()
-    train, val = _split(y.numpy(), cfg)
+    train, val = validation_split(y.numpy(), cfg)
 
     def loss_on(idx):
         return masked_bce(head(z[idx], {key: v[idx] for key, v in batch.items()}), y[idx])
@@ -204,7 +204,7 @@ def fit_segmentation(features: torch.Tensor, targets: torch.Tensor, n_classes: i
                                   min_channels=min_channels, taps=tap_specs or None)
     loss = PartialLabelSegLoss(ce_weight, ignore_index)
     presence = annotated[:, 1:].float().numpy()  # stratify on which structures are annotated/present
-    train, val = _split(presence, cfg)
+    train, val = validation_split(presence, cfg)
 
     def loss_on(idx):
         sub_taps = {name: t[idx] for name, t in (taps or {}).items()}

@@ -57,6 +57,15 @@ def _flatten(modules: Mapping[str, nn.Module]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def _check_sha256(path: Path, expected) -> None:
+    if not path.is_file():
+        raise CheckpointError(f"{path} is missing (listed in its manifest)")
+    actual = sha256_file(path)
+    if actual != expected:
+        raise CheckpointError(f"{path} sha256 {actual[:12]}… does not match its manifest "
+                              f"({str(expected)[:12]}…); the file was changed or corrupted")
+
+
 class HeadStore:
     def __init__(self, root: str | os.PathLike):
         self.root = Path(root)
@@ -89,21 +98,9 @@ class HeadStore:
         """Manifest of ``version`` after checking the weights' sha256 (CheckpointError on mismatch)."""
         path = self._version_dir(version)
         manifest = read_json(path / MANIFEST)
-        weights = path / WEIGHTS
-        if not weights.is_file():
-            raise CheckpointError(f"{weights} is missing")
-        actual = sha256_file(weights)
-        if actual != manifest.get("weights_sha256"):
-            raise CheckpointError(f"{weights} sha256 {actual[:12]}… does not match its manifest "
-                                  f"({str(manifest.get('weights_sha256'))[:12]}…); the file was changed or corrupted")
+        _check_sha256(path / WEIGHTS, manifest.get("weights_sha256"))
         for name, record in (manifest.get("files") or {}).items():
-            extra = path / name
-            if not extra.is_file():
-                raise CheckpointError(f"{extra} is missing (listed in its manifest)")
-            actual = sha256_file(extra)
-            if actual != record.get("sha256"):
-                raise CheckpointError(f"{extra} sha256 {actual[:12]}… does not match its manifest "
-                                      f"({str(record.get('sha256'))[:12]}…); the file was changed or corrupted")
+            _check_sha256(path / name, record.get("sha256"))
         return manifest
 
     def extra_file(self, name: str, version: str | None = None) -> Path | None:

@@ -28,6 +28,9 @@ def check_label_image(image: sitk.Image, where: str, label_set: str = "knee-11")
 
 def read_label_map(path: str | os.PathLike, label_set: str = "knee-11") -> sitk.Image:
     """Read and check a label map file (one-line InputError when unreadable or out of the set)."""
+    from .volumes import check_gzip_complete
+
+    check_gzip_complete(path)  # ITK fills a truncated .gz with zeros silently
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:

@@ -252,10 +252,6 @@ def write_cohort_report(cohort_dir, out=None, manifest=None, anonymize: bool = F
     anon.register([r.patient_id for r in rows_by_id.values()], "patient")
 
     ev, eval_dir, eval_note = _evaluation(cohort_dir, m, n_boot, seed, operating_point, log)
-    thresholds = {}
-    if ev and ev.get("classification"):
-        thresholds = {r["label"]: r["threshold"] for r in ev["classification"]["per_label"]}
-
     table, csv_rows = [], []
     for r in results:
         row = rows_by_id.get(r.case_id)

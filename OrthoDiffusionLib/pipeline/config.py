@@ -104,7 +104,7 @@ class FinetuneJob:
     corrections: str | None = None       # corrections store; default: the per-user one
     cases: list = field(default_factory=list)  # case ids to use (default: every case; latest entry each)
     replay: int = 16                     # replay-sample cases mixed in (0: none)
-    replay_weight: float = 0.3           # weight of the replay (distillation) term against the corrections'
+    replay_weight: float = 0.1           # weight of the replay (distillation) loss against the corrections'
     epochs: int = 40                     # optimiser steps; each sees every corrected case + a few replay cases
     seed: int = 0
     lr: float = 1e-2                     # output layers only (decoder classifier, expert linears, gate)

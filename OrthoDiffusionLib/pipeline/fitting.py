@@ -52,6 +52,10 @@ def _dice(pred: torch.Tensor, target: torch.Tensor, values, keys) -> dict:
     return {"dice": out, "mean_dice": float(np.mean(vals)) if vals else None, "n": int(len(pred))}
 
 
+def _feature_settings(planes) -> dict:
+    return {p: (int(v["timestep"]), v["block"]) for p, v in (planes or {}).items()}
+
+
 def annotated_mask(rows, structure_keys) -> torch.Tensor:
     """bool [N, 1 + n_structures]; background always annotated; no column = everything annotated."""
     m = torch.ones(len(rows), 1 + len(structure_keys), dtype=torch.bool)
@@ -116,6 +120,11 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     modules, base_manifest = {}, {}
     if HeadStore(base_dir).current():
         modules, base_manifest = load_head_set(base_dir, base_version)
+        fitted_on = base_manifest.get("feature_spec")
+        if fitted_on and _feature_settings(fitted_on) != _feature_settings(spec.planes):
+            # e.g. after `sweep --write-config`: heads of other (t, block) features must not be carried over
+            log("note: the parent heads were fitted on other features (t, block); only what this job fits is kept")
+            modules, base_manifest = {}, {}
     metrics = dict(base_manifest.get("metrics", {}))
     thresholds = dict(base_manifest.get("thresholds", {}))
     data_summary = {"manifest": str(manifest.path), "n_train": len(train_rows), "n_val": len(val_rows),

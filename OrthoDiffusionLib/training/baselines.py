@@ -26,10 +26,9 @@ import torch
 from torch import nn
 
 from ..heads.diagnosis import DiagnosisOutput, MPAEGate
-from ..heads.fit import FitConfig, masked_bce, train_module
+from ..heads.fit import FitConfig, masked_bce, train_module, validation_split
 from ..heads.planes import PLANES
 from ..heads.segmentation import PartialLabelSegLoss
-from ..heads.stratify import stratified_split
 
 
 @dataclass
@@ -65,14 +64,6 @@ def build_seg_unet(n_classes: int, channels=(8, 16, 32, 64)) -> nn.Module:
 
     return UNet(spatial_dims=3, in_channels=1, out_channels=int(n_classes), channels=tuple(channels),
                 strides=(2,) * (len(channels) - 1), num_res_units=0, norm="INSTANCE")
-
-
-def _internal_split(labels: np.ndarray, cfg: BaselineConfig, groups=None) -> tuple[np.ndarray, np.ndarray]:
-    n = len(labels)
-    if n < 10 or cfg.val_fraction <= 0:
-        return np.arange(n), np.arange(0)
-    val, train = stratified_split(labels, cfg.val_fraction, cfg.seed, groups)
-    return train, val
 
 
 @torch.no_grad()
@@ -127,7 +118,7 @@ def fit_baseline_diagnosis(inputs: Mapping[str, torch.Tensor | None], labels, pr
     cfg = cfg or BaselineConfig()
     y = torch.as_tensor(np.asarray(labels, dtype=np.float32))
     n, k = y.shape
-    train, val = _internal_split(y.numpy(), cfg, groups)
+    train, val = validation_split(y.numpy(), cfg, groups)
     torch.manual_seed(cfg.seed)
     model = BaselineDiagnosis(k, cfg.widths)
     report: dict = {"n_train": int(len(train)), "n_val": int(len(val)), "histories": {}}
@@ -177,7 +168,7 @@ def fit_baseline_segmentation(images: torch.Tensor, targets: torch.Tensor, n_cla
     torch.manual_seed(cfg.seed)
     unet = build_seg_unet(n_classes, cfg.unet_channels)
     loss = baseline_seg_loss(ce_weight)
-    train, val = _internal_split(annotated[:, 1:].float().numpy(), cfg)
+    train, val = validation_split(annotated[:, 1:].float().numpy(), cfg)
     hist = train_module(unet, lambda idx: loss(unet(images[idx]), targets[idx], annotated[idx]), train, val,
                         cfg.fit_config())
     return unet, hist

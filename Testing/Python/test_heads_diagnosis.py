@@ -31,6 +31,10 @@ def test_sap_matches_published_formula():
     ctx = torch.softmax(q @ k.transpose(-1, -2) / d**0.5, -1) @ v
     pooled = pool.attention.out_proj(ctx.transpose(1, 2).reshape(2, -1, 32).mean(1))
     torch.testing.assert_close(out, torch.cat([t.mean(1), pooled], 1), rtol=1e-5, atol=1e-5)
+    # the SDPA path is the torch block's own computation, in training mode too
+    pool.train()
+    torch.testing.assert_close(pool._self_attention(t), pool.attention(t, t, t, need_weights=False)[0],
+                               rtol=1e-5, atol=1e-6)
 
 
 def test_head_count_is_largest_divisor():

@@ -97,3 +97,21 @@ def test_marginal_cross_entropy_matches_the_partial_label_loss():
     rows = logits.movedim(1, -1).reshape(-1, 5)
     ann_rows = annotated[:, None, :].expand(-1, 4 * 6 * 6, -1).reshape(-1, 5)
     torch.testing.assert_close(marginal_cross_entropy(rows, target.reshape(-1), ann_rows), want)
+
+
+def test_replay_dice_matches_the_fit_metric():
+    """The fast per-case Dice used on the replay sample equals the fit's validation Dice."""
+    from torch import nn
+
+    from OrthoDiffusionLib.labelsets import load_label_set
+    from OrthoDiffusionLib.pipeline.finetune import replay_dice
+    from OrthoDiffusionLib.pipeline.fitting import _dice
+
+    structures = load_label_set("knee-11")
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(5, 12, 4, 8, 8, generator=g) * 3
+    targets = torch.randint(-1, 12, (5, 4, 8, 8), generator=g)
+    head = nn.Module()
+    head.classifier, head.out_shape = nn.Identity(), [4, 8, 8]  # logits in, logits out
+    want = _dice(logits.argmax(1), targets, structures.values, structures.keys)["mean_dice"]
+    assert replay_dice(head, logits, targets, structures) == pytest.approx(want, abs=1e-12)

@@ -133,3 +133,28 @@ def test_label_fraction_subsets_the_training_rows():
     rows = [SimpleNamespace(split="val" if i % 4 == 0 else "train", patient_id=f"P{i}") for i in range(40)]
     name, plan = evaluation_plan(rows, Y, 1.0, 4, seed=0)
     assert name == "train→val" and len(plan[0][1]) == 10 and len(plan[0][0]) == 30
+
+
+def test_fit_does_not_carry_heads_across_a_feature_change(swept, one_thread):
+    """After the (t, block) of a model changes, `fit --task diagnosis` must not keep the parent's
+    segmentation head (it was fitted on other features)."""
+    from OrthoDiffusionLib.heads import HeadStore
+    from OrthoDiffusionLib.storage import atomic_write_json, read_json
+
+    model = swept["root"] / "carry-model"
+    make_standin_model(model, model_id="carry")
+    manifest = swept["root"] / "data" / "manifest.csv"
+    store = swept["root"] / "carry-heads"
+    common = ["--manifest", str(manifest), "--model", str(model), "--folds", "2", "--max-epochs", "3",
+              "--device", "cpu", "--out", str(store), "--cache", str(swept["root"] / "cache"), "--quiet"]
+    assert main(["fit", "--task", "all", "--seg-epochs", "1", *common]) == 0
+    first = HeadStore(store).manifest()
+    assert first["segmentation_planes"] == ["sagittal"]
+    entry = read_json(model / "model.json")
+    entry["planes"]["sagittal"].update(timestep=50, block="mid_0")
+    atomic_write_json(model / "model.json", entry)
+    assert main(["fit", "--task", "diagnosis", *common]) == 0
+    second = HeadStore(store).manifest()
+    assert second["parent"] == first["version"]
+    assert second["segmentation_planes"] == []
+    assert "mpae" in second["heads"] and "seg_sagittal" not in second["heads"]

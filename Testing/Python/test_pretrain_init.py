@@ -3,7 +3,6 @@ provenance records them, and another architecture is refused with one clear mess
 
 from __future__ import annotations
 
-import json
 
 import numpy as np
 import pytest
