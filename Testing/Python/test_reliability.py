@@ -86,37 +86,12 @@ NAME, PATIENT_ID, BIRTH = "Doe^Jane", "MRN-4417-93", "19610203"
 
 def _write_named_dicom(folder: Path) -> None:
     """A sagittal MR series (the sample knee, shrunk) whose headers carry a patient's identity."""
-    import pydicom
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian
+    from test_io_dicom import STUDY_UID, write_dicom_series
 
-    knee = sitk.BinShrink(sitk.ReadImage(str(SAMPLE)), [2, 2, 1])
-    arr = sitk.GetArrayFromImage(knee)  # [slices, rows, cols]
-    folder.mkdir(parents=True)
-    direction = np.asarray(knee.GetDirection()).reshape(3, 3)
-    for k, sl in enumerate(arr):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.4"
-        meta.MediaStorageSOPInstanceUID = f"1.2.826.0.1.3680043.8.498.55.1.{k + 1}"
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.PatientName, ds.PatientID, ds.PatientBirthDate = NAME, PATIENT_ID, BIRTH
-        ds.InstitutionName, ds.ReferringPhysicianName = "St Elsewhere Hospital", "House^Gregory"
-        ds.AccessionNumber = "ACC-77123"
-        ds.Modality, ds.ImageType = "MR", ["ORIGINAL", "PRIMARY", "M", "ND"]
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = "1.2.826.0.1.3680043.8.498.55", "1.2.826.0.1.3680043.8.498.55.1"
-        ds.SeriesDescription, ds.SeriesNumber, ds.InstanceNumber = "T2 SAG", 1, k + 1
-        ds.ImagePositionPatient = [float(v) for v in knee.TransformIndexToPhysicalPoint((0, 0, k))]
-        ds.ImageOrientationPatient = [float(v) for v in (*direction[:, 0], *direction[:, 1])]
-        ds.PixelSpacing = [knee.GetSpacing()[1], knee.GetSpacing()[0]]
-        ds.SliceThickness = knee.GetSpacing()[2]
-        ds.Rows, ds.Columns = sl.shape
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.PixelData = sl.astype("<i2").tobytes()
-        pydicom.dcmwrite(folder / f"im{k:03d}.dcm", ds, enforce_file_format=True)
+    knee = sitk.Cast(sitk.BinShrink(sitk.ReadImage(str(SAMPLE)), [2, 2, 1]), sitk.sitkInt16)
+    write_dicom_series(knee, folder, f"{STUDY_UID}.1", "T2 SAG", extra={
+        "0010|0010": NAME, "0010|0020": PATIENT_ID, "0010|0030": BIRTH, "0008|0080": "St Elsewhere Hospital",
+        "0008|0090": "House^Gregory", "0008|0050": "ACC-77123"})
 
 
 def test_outputs_and_logs_hold_no_patient_identity(tmp_path):
