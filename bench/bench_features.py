@@ -4,7 +4,9 @@
 early-exit path (stops after mid_2, no decoder) against the full forward. Each mode runs in its
 own process so peak RSS is that mode's alone.
 
-    .venv/bin/python bench/bench_features.py [--repeats 2] [--reference-repo PATH]
+    .venv/bin/python bench/bench_features.py [--repeats 2] [--preset released|knee-demo] [--reference-repo PATH]
+
+``--preset knee-demo`` times the shipped demo architecture (16x64x64) instead.
 
 ``--reference-repo`` points at a checkout of the official code (github lt-0123/OrthoDiffusion, MIT;
 kept outside this repository) to time its ``ret_mid=True`` feature path on the same weights.
@@ -22,10 +24,12 @@ import json, resource, sys, time, torch
 torch.set_num_threads(2)
 from OrthoDiffusionLib.backbone import DiffusionUNet, UNetConfig
 from OrthoDiffusionLib.features import FeatureExtractor, FeatureSpec
-mode, repeats, ref = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+from OrthoDiffusionLib.training.presets import PRESETS
+mode, repeats, ref, preset = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
 torch.manual_seed(0)
-model = DiffusionUNet(UNetConfig.released()).eval()
-x = torch.rand(16, 256, 256) * 2 - 1
+cfg = UNetConfig(**PRESETS[preset]["model"])
+model = DiffusionUNet(cfg).eval()
+x = torch.rand(cfg.depth_size, cfg.image_size, cfg.image_size) * 2 - 1
 def run():
     if mode == "early":
         return FeatureExtractor(model).extract(x, "bench", "sagittal", FeatureSpec((100,), ("mid_2",)))
@@ -51,11 +55,14 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--reference-repo", default=None)
+    ap.add_argument("--preset", default="released", choices=["released", "knee-demo"])
     args = ap.parse_args()
+    if args.reference_repo and args.preset != "released":
+        ap.error("--reference-repo times the released configuration only")
     modes = ["early", "full"] + (["reference"] if args.reference_repo else [])
     rows = []
     for mode in modes:
-        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.repeats), args.reference_repo or ""],
+        out = subprocess.run([sys.executable, "-c", CHILD, mode, str(args.repeats), args.reference_repo or "", args.preset],
                              check=True, capture_output=True, text=True)
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(rows[-1], flush=True)

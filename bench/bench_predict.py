@@ -6,7 +6,10 @@ The case is the embedded sample knee (real sagittal MESE; coronal and axial are 
 the reformatting is timed in [loading]). Each model runs in its own process (peak RSS = that
 process alone, torch and the model included), with ``--threads`` torch threads, no feature cache.
 
-    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_predict.py [--draws 3] [--threads 2] [--json OUT]
+    OMP_NUM_THREADS=2 .venv/bin/python bench/bench_predict.py [--draws K] [--threads 2] [--json OUT]
+
+Without ``--draws`` each model runs with its own default (catalogue ``inference.draws``: 3 for
+knee-demo, 2 for released-size backbones as `import-official` registers them).
 
 Random weights give meaningless findings; only the time and memory are measured.
 Research use only, not for clinical decisions.
@@ -38,7 +41,7 @@ from OrthoDiffusionLib.pipeline.config import PredictJob
 from OrthoDiffusionLib.pipeline.predict import predict_study
 from OrthoDiffusionLib.resources import sample_knee_path
 t_import = time.perf_counter() - t_start
-model, out, _, draws = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+model, out, _, draws = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
 job = PredictJob(inputs=[str(sample_knee_path())], out=out, model=model, device="cpu", draws=draws,
                  reformat=True, no_cache=True)
 pred = predict_study(job, log=lambda m: None)
@@ -48,7 +51,8 @@ print(json.dumps({"model": model, "stages": pred.result.provenance["stages"], "t
                   "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
                   "cpu_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime
                                  + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 2),
-                  "threads": torch.get_num_threads(), "planes": pred.result.planes_present}))
+                  "threads": torch.get_num_threads(), "planes": pred.result.planes_present,
+                  "draws": int(pred.draw_probabilities.shape[0])}))
 """
 
 
@@ -153,7 +157,7 @@ def table(rows: list[dict]) -> str:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--draws", type=int, default=3, help="noise draws K (predict's default: 3)")
+    ap.add_argument("--draws", type=int, default=0, help="noise draws K for both models (default 0: each model's own)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     ap.add_argument("--demo", default="knee-demo", help="model (a): id or folder (default: the shipped knee-demo)")
@@ -173,8 +177,10 @@ def main() -> int:
             r = run_child(model, tmp / f"out-{label}", args.threads, args.draws)
             r["label"] = label
             rows.append(r)
-            print(f"{label}: predict {r['total_s']:.2f} s, peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
-    print(f"\nK = {args.draws} draws, {args.threads} threads, planes {', '.join(rows[0]['planes'])}\n")
+            print(f"{label}: K = {r['draws']} draws, predict {r['total_s']:.2f} s, "
+                  f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
+    draws = ", ".join(f"{r['label']} K = {r['draws']}" for r in rows)
+    print(f"\nnoise draws: {draws}; {args.threads} threads, planes {', '.join(rows[0]['planes'])}\n")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"draws": args.draws, "threads": args.threads, "runs": rows}, indent=1))

@@ -30,12 +30,18 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None)
     ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--finding-difficulty", type=float, default=None,
+                    help="every finding at this difficulty (0.5: the generator before per-finding defaults)")
     args = ap.parse_args(argv)
+    from OrthoDiffusionLib.synth.findings import FINDING_KEYS
     from OrthoDiffusionLib.synth.generate import SynthConfig, synthesize_cohort
+
+    extra = ({} if args.finding_difficulty is None
+             else {"finding_difficulty": {k: args.finding_difficulty for k in FINDING_KEYS}})
 
     out = Path(args.out or tempfile.mkdtemp(prefix="synth_bench_"))
     t0 = time.perf_counter()
-    synthesize_cohort(args.n, out, SynthConfig(seed=args.seed), workers=args.workers, progress=False)
+    synthesize_cohort(args.n, out, SynthConfig(seed=args.seed, **extra), workers=args.workers, progress=False)
     wall = time.perf_counter() - t0
     size = int(subprocess.run(["du", "-sb", str(out)], capture_output=True, text=True).stdout.split()[0])
     res = {

@@ -12,7 +12,8 @@ DEST=Resources/Models/knee-demo
 for p in sagittal coronal axial; do
   [ -f "$DEST/$p.safetensors" ] || { echo "missing $DEST/$p.safetensors: run scripts/train_demo_backbones.sh" >&2; exit 1; }
 done
-[ -f "$COHORT/manifest.csv" ] || "$PY" -m OrthoDiffusionLib synth --n "$N" --out "$COHORT" --seed 0 --quiet
+[ -f "$COHORT/manifest.csv" ] || "$PY" -m OrthoDiffusionLib synth --n "$N" --out "$COHORT" --seed 0 --quiet \
+  --finding-difficulty 0.5  # the generator the shipped heads were fitted with (before per-finding defaults)
 # a fresh store (the shipped head set is v0001 without a parent), fitted aside and swapped in at the
 # end so the shipped model is never left without heads while the fit runs
 NEW=build/knee-demo-heads-new

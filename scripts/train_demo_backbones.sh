@@ -9,7 +9,7 @@
 #   are reformats of it.
 # Stage 2 (continued pretraining from the stage-1 EMA weights, `--init`, fresh optimizer,
 #   STEPS2 steps): the same 8 real echoes PLUS a pretraining-only synthetic test-bed cohort
-#   (`synth --n 48 --seed 1000 --working-mm 1.2`; labels unused), each plane trained on its plane's manifest column
+#   (`synth --n 48 --seed 1000 --working-mm 1.2 --finding-difficulty 0.5`, the generator as it was then; labels unused), each plane trained on its plane's manifest column
 #   (the real series is reformatted for coronal/axial); the last 2 synthetic cases are held out.
 # The kit's GPL-3.0 3D DESS files are deliberately NOT used (weights' licence stays unambiguous).
 #
@@ -64,7 +64,7 @@ if [[ $STAGE == 1 || $STAGE == all ]]; then
 fi
 if [[ $STAGE == 2 || $STAGE == all ]]; then
   [ -f "$COHORT/manifest.csv" ] || OMP_NUM_THREADS=1 nice -n 10 "$PY" -m OrthoDiffusionLib synth --n 48 --seed 1000 --working-mm 1.2 \
-    --out "$COHORT" --workers 2 --quiet
+    --finding-difficulty 0.5 --out "$COHORT" --workers 2 --quiet
   for plane in sagittal coronal axial; do
     f="$RUN_DIR/$plane/backbone/$plane.safetensors"
     got=$(sha256sum "$f" | cut -d' ' -f1)

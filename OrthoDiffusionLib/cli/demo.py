@@ -11,13 +11,13 @@ def register(sub) -> None:
     p.add_argument("--out", default="demo-output", help="output folder (default demo-output)")
     p.add_argument("--model", default="knee-demo")
     p.add_argument("--device", default="cpu", help="cpu (default), cuda or auto")
-    p.add_argument("--draws", type=int, default=3)
+    p.add_argument("--draws", type=int, default=None, help="noise draws per plane (default: the model's, 3 for knee-demo)")
     p.add_argument("--anonymize", action="store_true",
                    help="show a pseudonym instead of the case id in report.html (see docs/pipeline.md)")
     p.set_defaults(func=_run)
 
 
-def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=3, log=print, anonymize=False):
+def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=None, log=print, anonymize=False):
     import time
     from pathlib import Path
 

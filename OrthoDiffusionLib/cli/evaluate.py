@@ -25,7 +25,7 @@ def register(sub) -> None:
     p.add_argument("--no-segmentation", action="store_true", help="skip Dice/HD95")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--device", default="auto", help="with --model: auto, cpu or cuda")
-    p.add_argument("--draws", type=int, default=3, help="with --model: noise draws per case")
+    p.add_argument("--draws", type=int, default=None, help="with --model: noise draws per case (default: the model's)")
     p.add_argument("--cache", default=None, help="with --model: feature cache folder")
     p.set_defaults(func=_run)
 
@@ -52,7 +52,7 @@ def _predict_first(args) -> str:
                 raise InputError(f"{manifest.path}: no rows with split '{args.split}'")
             path = write_manifest(rows, Path(tmp) / "manifest.csv", label_set=manifest.label_set)
         argv = ["predict", "--manifest", str(path), "--out", str(pred_dir), "--model", args.model,
-                "--device", args.device, "--draws", str(args.draws), "--seed", str(args.seed)]
+                "--device", args.device, "--seed", str(args.seed)] + (["--draws", str(args.draws)] if args.draws else [])
         if args.cache:
             argv += ["--cache", args.cache]
         predict_cohort(build_parser().parse_args(argv))  # failures land in errors.csv; evaluate says so

@@ -19,10 +19,15 @@ def register(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--seg-plane", default="sagittal", choices=["sagittal", "coronal", "axial"])
     p.add_argument("--max-epochs", type=int, default=200, help="diagnosis heads (early stopping)")
-    p.add_argument("--seg-epochs", type=int, default=60, help="segmentation head (early stopping)")
+    p.add_argument("--seg-epochs", type=int, default=45,
+                   help="segmentation head: at most this many epochs, early stopping (default 45)")
     p.add_argument("--replay", type=int, default=48,
                    help="training cases kept in the head version as a replay sample for `finetune` "
                         "(default 48; 0: none)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU budget: worker processes for the diagnosis experts, torch threads for the "
+                        "segmentation decoder (default: every core this process may use; 1 on a machine busy "
+                        "with other jobs)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -35,7 +40,7 @@ def _run(args) -> int:
     job = FitJob(manifest=args.manifest, model=args.model, task=args.task, label_fraction=args.label_fraction,
                  folds=args.folds, seed=args.seed, out=args.out, cache=args.cache, device=args.device,
                  seg_plane=args.seg_plane, max_epochs=args.max_epochs, seg_epochs=args.seg_epochs,
-                 replay=args.replay)
+                 replay=args.replay, threads=args.threads)
     res = fit_heads(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
     print(f"head set {res['version']} in {res['store']} ({res['seconds']} s)  [{DISCLAIMER}]")
     return 0

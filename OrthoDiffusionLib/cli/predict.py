@@ -28,7 +28,9 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, help="output folder (cohort mode: one sub-folder per study)")
     p.add_argument("--ehr", default=None, help="age=54,sex=F,height_cm=170,weight_kg=70 or a JSON file")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
-    p.add_argument("--draws", type=int, default=3, help="noise draws K; spread = std over draws (default 3)")
+    p.add_argument("--draws", type=int, default=None,
+                   help="noise draws K per plane; spread = std over draws (default: the model's, 3 for knee-demo, "
+                        "2 for released-size imported backbones)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", default=None, choices=["sagittal", "coronal", "axial"],
                    help="grid of the label map (default: sagittal when present)")

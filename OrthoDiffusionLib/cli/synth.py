@@ -29,6 +29,42 @@ def _prevalence(text: str) -> dict[str, float]:
     return out
 
 
+def _finding_difficulty(text: str) -> dict[str, float]:
+    """'0.5' (every finding) or 'MM=0.2,EFFU=0.8' (others keep the calibrated defaults)."""
+    from ..errors import InputError
+    from ..synth.findings import FINDING_KEYS
+    from ..synth.generate import DEFAULT_FINDING_DIFFICULTY
+
+    def bad(why: str):
+        raise InputError(f"--finding-difficulty '{text}': {why}; give one difficulty (0-1) or KEY=D pairs, "
+                         f"e.g. MM=0.2,EFFU=0.8 (keys: {', '.join(FINDING_KEYS)})")
+
+    out = dict(DEFAULT_FINDING_DIFFICULTY)
+    text = text.strip()
+    if "=" not in text:
+        try:
+            v = float(text)
+        except ValueError:
+            bad("not a number")
+        if not 0.0 <= v <= 1.0:
+            bad(f"{v:g} is outside 0..1")
+        return {k: v for k in FINDING_KEYS}
+    for part in text.split(","):
+        if part.count("=") != 1:
+            bad(f"'{part.strip()}' is not KEY=D")
+        k, v = (x.strip() for x in part.split("="))
+        k = k.upper()
+        if k not in FINDING_KEYS:
+            bad(f"unknown finding '{k}'")
+        try:
+            out[k] = float(v)
+        except ValueError:
+            bad(f"'{v}' is not a number")
+        if not 0.0 <= out[k] <= 1.0:
+            bad(f"{k}={out[k]:g} is outside 0..1")
+    return out
+
+
 def _bad(text):
     from ..errors import InputError
 
@@ -47,7 +83,12 @@ def register(subparsers) -> None:
                    help="comma-separated center profiles (default all three)")
     p.add_argument("--prevalence", default="0.25", help="'0.25' or 'ACL=0.3,MM=0.2,...'")
     p.add_argument("--difficulty", type=float, default=0.5,
-                   help="0 (obvious lesions, high SNR) .. 1 (subtle); default 0.5")
+                   help="0 (obvious lesions, high SNR) .. 1 (subtle): lesion contrast and SNR of every "
+                        "finding; default 0.5")
+    p.add_argument("--finding-difficulty", default=None,
+                   help="per-finding lesion size/severity, 0 (large) .. 1 (subtle): one value for all or "
+                        "'MM=0.2,EFFU=0.8' (others keep the calibrated defaults, docs/testbed.md); "
+                        "'0.5' with --difficulty 0.5 reproduces cohorts of the generator before this option")
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--working-mm", type=float, default=0.8, help="working grid spacing (mm)")
     p.add_argument("--no-motion", action="store_true", help="disable motion ringing")
@@ -72,8 +113,9 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in centers if c not in CENTERS]
     if bad or not centers:
         raise InputError(f"--centers: unknown {', '.join(bad) or '(none given)'} (known: {', '.join(CENTERS)})")
+    extra = {} if args.finding_difficulty is None else {"finding_difficulty": _finding_difficulty(args.finding_difficulty)}
     cfg = SynthConfig(seed=args.seed, centers=centers, prevalence=_prevalence(args.prevalence),
-                      difficulty=args.difficulty, working_mm=args.working_mm, motion=not args.no_motion)
+                      difficulty=args.difficulty, working_mm=args.working_mm, motion=not args.no_motion, **extra)
     path = synthesize_cohort(args.n, args.out, cfg, workers=args.workers, progress=not args.quiet)
     print(f"wrote {args.n} synthetic cases and {path} (synthetic test bed, not clinical data)")
     return 0

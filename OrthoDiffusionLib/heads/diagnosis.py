@@ -47,7 +47,7 @@ def _per_plane_channels(in_channels: int | Sequence[int]) -> list[int]:
 class PlaneExpert(nn.Module):
     """One plane's expert: SAP -> Linear(2C -> K)."""
 
-    def __init__(self, in_channels: int, n_labels: int, num_heads: int = 16):
+    def __init__(self, in_channels: int, n_labels: int, num_heads: int | None = None):
         super().__init__()
         self.pool = SAPPooling(in_channels, num_heads)
         self.classifier = nn.Linear(self.pool.out_features, n_labels)
@@ -108,7 +108,7 @@ class MPAEHead(nn.Module):
     """Multi-plane adaptive experts: per-plane experts + per-label gate (+ optional stacking MLP
     K -> 128 -> K, off by default because it mixes labels after the gate)."""
 
-    def __init__(self, in_channels: int | list, n_labels: int, num_heads: int = 16, gate_mode: str = "shared",
+    def __init__(self, in_channels: int | list, n_labels: int, num_heads: int | None = None, gate_mode: str = "shared",
                  gate_hidden: int = 32, gate_dropout: float = 0.1, stacking: bool = False, stacking_hidden: int = 128):
         super().__init__()
         channels = _per_plane_channels(in_channels)
@@ -144,7 +144,7 @@ class MPAEHead(nn.Module):
 class _PooledPlanes(nn.Module):
     """SAP per plane, zero vectors for absent planes; returns the list and the presence mask."""
 
-    def __init__(self, channels: list[int], num_heads: int):
+    def __init__(self, channels: list[int], num_heads: int | None):
         super().__init__()
         self.pools = nn.ModuleDict({p: SAPPooling(c, num_heads) for p, c in zip(PLANES, channels)})
 
@@ -164,7 +164,7 @@ class _PooledPlanes(nn.Module):
 class ConcatFusionHead(nn.Module):
     """Feature-level fusion: [SAP_sag ; SAP_cor ; SAP_ax ; presence] -> Linear (hidden=0) or MLP."""
 
-    def __init__(self, in_channels: int | list, n_labels: int, num_heads: int = 16, hidden: int = 0, dropout: float = 0.1):
+    def __init__(self, in_channels: int | list, n_labels: int, num_heads: int | None = None, hidden: int = 0, dropout: float = 0.1):
         super().__init__()
         channels = _per_plane_channels(in_channels)
         self.planes = _PooledPlanes(channels, num_heads)
@@ -182,7 +182,7 @@ class ProjectionFusionHead(nn.Module):
     """Per-plane projections 2C_p -> dim, then concat (3·dim) or mean over present planes (dim),
     plus the presence indicator, -> Linear(-> K)."""
 
-    def __init__(self, in_channels: int | list, n_labels: int, dim: int = 128, mode: str = "concat", num_heads: int = 16):
+    def __init__(self, in_channels: int | list, n_labels: int, dim: int = 128, mode: str = "concat", num_heads: int | None = None):
         super().__init__()
         if mode not in ("concat", "sum"):
             raise ValueError(f"mode must be 'concat' or 'sum', got '{mode}'")

@@ -8,6 +8,8 @@ of the loss, so partially labelled cases still help).
 from __future__ import annotations
 
 import copy
+import multiprocessing as mp
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from typing import Callable, Mapping, Sequence
 
@@ -82,7 +84,7 @@ def _labels_tensor(labels) -> torch.Tensor:
     return torch.as_tensor(np.asarray(labels, dtype=np.float32))
 
 
-def fit_plane_expert(features: torch.Tensor, labels, cfg: FitConfig | None = None, num_heads: int = 16,
+def fit_plane_expert(features: torch.Tensor, labels, cfg: FitConfig | None = None, num_heads: int | None = None,
                      groups=None) -> tuple[PlaneExpert, dict]:
     """One plane's expert (SAP -> Linear) on features [N, C, d, h, w] and labels [N, K]."""
     cfg = cfg or FitConfig()
@@ -100,15 +102,51 @@ def _predict(module: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tens
     return torch.cat([module(x[i:i + batch]) for i in range(0, len(x), batch)]) if len(x) else x.new_zeros(0)
 
 
+# Expert fits of one fit_mpae call, handed to forked workers through this module global (fork
+# shares the parent's tensors copy-on-write; nothing large is pickled). Empty outside fit_mpae.
+_EXPERT_DATA: dict = {}
+
+
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def _fit_expert_task(task) -> tuple[dict, dict, torch.Tensor | None]:
+    """(plane, train indices, indices to predict or None) -> (state dict, history, logits)."""
+    plane, train, predict_on = task
+    d = _EXPERT_DATA
+    x = d["features"][plane]
+    sub_groups = None if d["groups"] is None else d["groups"][train]
+    expert, hist = fit_plane_expert(x[train], d["y"][train], d["cfg"], d["num_heads"], sub_groups)
+    return expert.state_dict(), hist, (_predict(expert, x[predict_on]) if predict_on is not None else None)
+
+
+def _fit_experts(tasks: list, features, y, cfg, num_heads, groups, workers: int) -> list:
+    """Run independent expert fits, in ``workers`` forked single-thread processes when > 1 (the
+    SAP experts are too small to use two threads well, but two processes fit two experts at once)."""
+    global _EXPERT_DATA
+    _EXPERT_DATA = {"features": features, "y": y, "cfg": cfg, "num_heads": num_heads,
+                    "groups": None if groups is None else np.asarray(groups)}
+    try:
+        if workers > 1 and len(tasks) > 1 and "fork" in mp.get_all_start_methods():
+            with ProcessPoolExecutor(min(workers, len(tasks)), mp_context=mp.get_context("fork"),
+                                     initializer=_one_thread) as pool:
+                return list(pool.map(_fit_expert_task, tasks))
+        return [_fit_expert_task(t) for t in tasks]
+    finally:
+        _EXPERT_DATA = {}
+
+
 def fit_mpae(features: Mapping[str, torch.Tensor | None], labels, present: torch.Tensor | None = None,
              cfg: FitConfig | None = None, gate_cfg: FitConfig | None = None, n_folds: int = 5,
-             gate_mode: str = "shared", stacking: bool = False, num_heads: int = 16,
-             groups: Sequence | None = None) -> tuple[MPAEHead, dict]:
+             gate_mode: str = "shared", stacking: bool = False, num_heads: int | None = None,
+             groups: Sequence | None = None, workers: int = 1) -> tuple[MPAEHead, dict]:
     """MPAE as published: (1) per fold, fit each plane's expert on the other folds and collect its
     out-of-fold logits; (2) fit the gate (and the stacking MLP if on) on those OOF logits;
     (3) refit each expert on all training cases that have the plane. ``groups`` (patient ids) keeps
-    a patient's cases in one fold. Returns (head, report with oof_expert_logits [N, K, 3],
-    oof_logits [N, K] (gate applied to OOF experts), folds, histories)."""
+    a patient's cases in one fold. The expert fits of (1) and (3) are independent and run in
+    ``workers`` processes (same results as one: each fit seeds itself). Returns (head, report with
+    oof_expert_logits [N, K, 3], oof_logits [N, K] (gate applied to OOF experts), folds, histories)."""
     cfg = cfg or FitConfig()
     gate_cfg = gate_cfg or FitConfig(lr=1e-2, weight_decay=1e-4, max_epochs=300, patience=30, batch_size=512,
                                      seed=cfg.seed)
@@ -117,44 +155,47 @@ def fit_mpae(features: Mapping[str, torch.Tensor | None], labels, present: torch
     n, k = y.shape
     folds = stratified_kfold(y.numpy(), n_folds, cfg.seed, groups)
     channels = {p: x.shape[1] for p, x in features.items() if x is not None}
-    oof = torch.zeros(n, k, len(PLANES))
-    histories: dict = {"folds": [], "experts": {}}
+    tasks, slots = [], []  # slots: ("fold", fold, plane index, test indices) or ("refit", plane)
     for f in range(n_folds):
         held_out = folds == f
         for i, plane in enumerate(PLANES):
-            x = features.get(plane)
-            if x is None:
+            if features.get(plane) is None:
                 continue
             has = mask[:, i].numpy()
-            train = np.flatnonzero(~held_out & has)
-            test = np.flatnonzero(held_out & has)
-            if len(train) == 0 or len(test) == 0:
-                continue
-            sub_groups = None if groups is None else np.asarray(groups)[train]
-            expert, hist = fit_plane_expert(x[train], y[train], cfg, num_heads, sub_groups)
-            oof[test, :, i] = _predict(expert, x[test])
-            histories["folds"].append({"fold": f, "plane": plane, **hist})
+            train, test = np.flatnonzero(~held_out & has), np.flatnonzero(held_out & has)
+            if len(train) and len(test):
+                tasks.append((plane, train, test))
+                slots.append(("fold", f, i, test))
+    for i, plane in enumerate(PLANES):
+        if features.get(plane) is not None:
+            tasks.append((plane, np.flatnonzero(mask[:, i].numpy()), None))
+            slots.append(("refit", plane))
+    results = _fit_experts(tasks, features, y, cfg, num_heads, groups, workers)
 
+    oof = torch.zeros(n, k, len(PLANES))
+    histories: dict = {"folds": [], "experts": {}}
+    refits = {}
+    for slot, (state, hist, logits) in zip(slots, results):
+        if slot[0] == "fold":
+            _, f, i, test = slot
+            oof[test, :, i] = logits
+            histories["folds"].append({"fold": f, "plane": PLANES[i], **hist})
+        else:
+            refits[slot[1]] = state
+            histories["experts"][slot[1]] = hist
+
+    torch.manual_seed(gate_cfg.seed)  # the gate's initialisation must not depend on where the experts ran
     default_c = next(iter(channels.values()))
     head = MPAEHead([channels.get(p, default_c) for p in PLANES], k, num_heads=num_heads, gate_mode=gate_mode,
                     stacking=stacking)
-    torch.manual_seed(gate_cfg.seed)
     fusion_params = list(head.gate.parameters()) + (list(head.stacking.parameters()) if head.stacking else [])
     g_train, g_val = validation_split(y.numpy(), gate_cfg, groups)
     histories["gate"] = train_module(head, lambda idx: masked_bce(head.fuse(oof[idx], mask[idx]).logits, y[idx]),
                                      g_train, g_val, gate_cfg, parameters=fusion_params)
     with torch.no_grad():
         oof_fused = head.fuse(oof, mask).logits
-
-    for i, plane in enumerate(PLANES):
-        x = features.get(plane)
-        if x is None:
-            continue
-        has = np.flatnonzero(mask[:, i].numpy())
-        sub_groups = None if groups is None else np.asarray(groups)[has]
-        expert, hist = fit_plane_expert(x[has], y[has], cfg, num_heads, sub_groups)
-        head.experts[plane].load_state_dict(expert.state_dict())
-        histories["experts"][plane] = hist
+    for plane, state in refits.items():
+        head.experts[plane].load_state_dict(state)
     head.eval()
     return head, {"oof_expert_logits": oof, "oof_logits": oof_fused, "folds": folds, "present": mask,
                   "histories": histories}

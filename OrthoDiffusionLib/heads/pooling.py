@@ -13,6 +13,17 @@ from torch import nn
 from torch.nn import functional as F
 
 
+# Channels per attention head in the published SAP (C = 256 with 16 heads). Keeping the width, not
+# the count, for narrower features: 16 heads of 4 channels each cost 4x the attention of 4 heads
+# of 16 channels (the score matrices dominate) and fitted no better on the test bed (bench/README.md).
+HEAD_WIDTH = 16
+
+
+def default_num_heads(channels: int) -> int:
+    """Head count for ``channels`` at the published head width (16 for C = 256, 4 for C = 64)."""
+    return largest_divisor_at_most(int(channels), max(1, int(channels) // HEAD_WIDTH))
+
+
 def largest_divisor_at_most(n: int, limit: int) -> int:
     """Largest d <= limit dividing n (the head count must divide the channel count)."""
     for d in range(max(1, min(limit, n)), 0, -1):
@@ -30,12 +41,13 @@ def tokens(features: torch.Tensor) -> torch.Tensor:
 
 class SAPPooling(nn.Module):
     """Self-attention pooling; ``num_heads`` is lowered to the largest divisor of C not above it
-    (16 heads for C=256 as released; e.g. C=24 with 16 requested gives 12)."""
+    (e.g. C=24 with 16 requested gives 12). None: the published head width (16 heads for C=256)."""
 
-    def __init__(self, in_channels: int, num_heads: int = 16):
+    def __init__(self, in_channels: int, num_heads: int | None = None):
         super().__init__()
         self.in_channels = int(in_channels)
-        self.num_heads = largest_divisor_at_most(self.in_channels, int(num_heads))
+        requested = default_num_heads(self.in_channels) if num_heads is None else int(num_heads)
+        self.num_heads = largest_divisor_at_most(self.in_channels, requested)
         self.attention = nn.MultiheadAttention(self.in_channels, self.num_heads, batch_first=True)
 
     @property

@@ -34,14 +34,41 @@ def upsampling_plan(in_shape: Sequence[int], out_shape: Sequence[int]) -> list[t
     return [tuple(2 if s < n else 1 for n in doublings) for s in range(max(doublings, default=0))]
 
 
-def _norm(channels: int):
-    return ("group", {"num_groups": largest_divisor_at_most(channels, 8)})
+class _Conv(nn.Module):
+    """A bias-free conv kept at ``.conv``, the parameter layout of MONAI's ``Convolution``."""
+
+    def __init__(self, cin: int, cout: int, kernel: int):
+        super().__init__()
+        self.conv = nn.Conv3d(cin, cout, kernel, padding=kernel // 2, bias=False)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+class ResBlock(nn.Module):
+    """MONAI's ``UnetResBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=("group", …))``:
+    conv-GN-LeakyReLU(0.01)-conv-GN plus the input (through a 1x1x1 conv + GN when the channels
+    change), then LeakyReLU; same parameter names, same values (test_heads_segmentation checks both
+    against MONAI). Built here because importing MONAI costs 1-2 s of every `predict`, more than
+    the whole knee-demo decoder; MONAI still trains the baselines and computes the metrics."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        groups = largest_divisor_at_most(cout, 8)
+        self.conv1, self.conv2 = _Conv(cin, cout, 3), _Conv(cout, cout, 3)
+        self.norm1, self.norm2 = nn.GroupNorm(groups, cout), nn.GroupNorm(groups, cout)
+        self.lrelu = nn.LeakyReLU(0.01, inplace=True)
+        if cin != cout:
+            self.conv3, self.norm3 = _Conv(cin, cout, 1), nn.GroupNorm(groups, cout)
+
+    def forward(self, x):
+        out = self.norm2(self.conv2(self.lrelu(self.norm1(self.conv1(x)))))
+        residual = self.norm3(self.conv3(x)) if hasattr(self, "conv3") else x
+        return self.lrelu(out + residual)
 
 
 def _res_block(cin: int, cout: int) -> nn.Module:
-    from monai.networks.blocks import UnetResBlock  # lazy: importing MONAI costs seconds
-
-    return UnetResBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=_norm(cout))
+    return ResBlock(cin, cout)
 
 
 @register_head("segmentation_decoder")

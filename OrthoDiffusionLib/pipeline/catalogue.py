@@ -29,6 +29,11 @@ from ..storage import atomic_write_json, file_lock, read_json, sha256_file
 PLANES = ("sagittal", "coronal", "axial")
 CATALOGUE_FORMAT = "orthodiffusion-catalogue"
 MODEL_FILE = "model.json"
+DEFAULT_DRAWS = 3
+# Released-size backbones (34.5 M parameters, 16x256x256): one draw costs ~4 s per plane on two
+# CPU cores (bench/predict.md), so their entries ask for 2 draws, the fewest that give a spread.
+RELEASED_INFERENCE = {"draws": 2, "notes": "2 noise draws per plane by default (about 4 s per draw and plane on "
+                                            "2 CPU cores); 2 is the fewest that give a spread; --draws overrides"}
 
 
 def home_dir() -> Path:
@@ -91,6 +96,11 @@ class ModelSpec:
         p = self.planes[plane]
         return FeatureSpec(timesteps=(int(p["timestep"]),), blocks=(p["block"],), seed=seed, n_draws=n_draws,
                            preprocessing=self.preprocessing)
+
+    @property
+    def default_draws(self) -> int:
+        """Noise draws per plane when predict is not told (``inference.draws``; 3 when absent)."""
+        return int((self.entry.get("inference") or {}).get("draws", DEFAULT_DRAWS))
 
     def to_dict(self) -> dict:
         return dict(self.entry)

@@ -34,11 +34,14 @@ class FitJob:
     device: str = "auto"
     seg_plane: str = "sagittal"
     max_epochs: int = 200
-    seg_epochs: int = 60
+    seg_epochs: int = 45                 # 142 cases: ~7.5 min on 2 CPU threads (bench/README.md)
     parent: str | None = None            # recorded parent version; default: the store's current
     replay: int = 48                     # training cases kept in the version for fine-tune replay (0: none)
+    threads: int | None = None           # torch threads while fitting; None: the cores this process may use
 
     def validate(self) -> None:
+        if self.threads is not None and self.threads < 1:
+            raise UserError(f"--threads must be ≥ 1, got {self.threads}")
         if self.replay < 0:
             raise UserError(f"--replay must be ≥ 0, got {self.replay}")
         if self.task not in TASKS:
@@ -64,7 +67,7 @@ class PredictJob:
     out: str = "orthodiffusion-output"
     model: str = "knee-demo"
     device: str = "auto"
-    draws: int = 3
+    draws: int | None = None             # noise draws per plane; None: the model's default (catalogue)
     seed: int = 0
     reference: str | None = None        # reference plane; default sagittal, else the first present
     ehr: dict | None = None
@@ -85,7 +88,7 @@ class PredictJob:
             raise UserError(f"--max-memory must be > 0 GB, got {self.max_memory_gb}")
         if not self.inputs:
             raise UserError("no input: give a DICOM folder, up to three NIfTI/NRRD files or one 3D volume")
-        if not 1 <= self.draws <= 32:
+        if self.draws is not None and not 1 <= self.draws <= 32:
             raise UserError(f"--draws must be between 1 and 32, got {self.draws}")
         if self.reference is not None and self.reference not in PLANES:
             raise UserError(f"--reference must be one of {', '.join(PLANES)}, got '{self.reference}'")

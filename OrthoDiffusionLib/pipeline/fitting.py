@@ -68,6 +68,21 @@ def annotated_mask(rows, structure_keys) -> torch.Tensor:
 
 def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     """Run a fit job; returns {"version", "store", "manifest", "seconds"}."""
+    from .cohort_predict import cpu_cores
+
+    job.validate()
+    threads_before = torch.get_num_threads()
+    # The CPU budget, all cores by default: the segmentation decoder uses them as torch threads,
+    # the diagnosis experts as single-thread worker processes (fit_mpae). On a machine busy with
+    # other jobs, --threads 1 avoids oversubscription.
+    torch.set_num_threads(job.threads or cpu_cores())
+    try:
+        return _fit_heads(job, log, progress)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def _fit_heads(job: FitJob, log, progress: bool) -> dict:
     from ..cohort import read_manifest
     from ..device import resolve_device
     from ..evaluation.classification import choose_thresholds
@@ -78,9 +93,7 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     from .catalogue import get_model
     from .cohort_features import extract_cohort, load_backbones
 
-    job.validate()
     t_start = time.perf_counter()
-    torch.set_num_threads(1)  # tiny heads: one thread is much faster on a shared CPU
     spec = get_model(job.model)
     finding_set = spec.label_sets.get("findings", "knee-8")
     structure_set = load_label_set(spec.label_sets.get("structures", "knee-11"))
@@ -139,7 +152,7 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
         cfg = FitConfig(seed=job.seed, max_epochs=job.max_epochs)
         log(f"[diagnosis] MPAE: {job.folds}-fold out-of-fold experts, gate, refit ({len(keys)} labels)")
         head, rep = fit_mpae(tr.features, y, tr.present, cfg=cfg, n_folds=job.folds,
-                             groups=[r.patient_id for r in train_rows])
+                             groups=[r.patient_id for r in train_rows], workers=torch.get_num_threads())
         modules = {k: v for k, v in modules.items() if k not in ("mpae", "ehr")}
         modules["mpae"] = head
         oof_logits = rep["oof_logits"]

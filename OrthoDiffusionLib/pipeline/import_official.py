@@ -24,7 +24,8 @@ import torch
 from .. import DISCLAIMER, __version__
 from ..errors import CheckpointError, InputError, UserError
 from ..storage import atomic_write_json, sha256_file
-from .catalogue import MODEL_FILE, PLANES, file_record, install_model, shipped_models, user_models_dir, validate_entry
+from .catalogue import (MODEL_FILE, PLANES, RELEASED_INFERENCE, file_record, install_model, shipped_models,
+                        user_models_dir, validate_entry)
 
 # The released multi-plane feature setting (method.md): axial t=200 mid_0, sagittal t=150 mid_0,
 # coronal t=50 mid_2.
@@ -268,6 +269,7 @@ def import_official(checkpoints: dict, name: str, config: str | None = "released
                       "notes": f"released preprocessing: central {cfg.depth_size} slices, each resized to "
                                f"{cfg.image_size}x{cfg.image_size}, min-max to [-1, 1]"},
             "label_sets": {"findings": "knee-8", "structures": "knee-11"},
+            "inference": dict(RELEASED_INFERENCE),
             "files": [file_record(stage, r) for r in rels],
             "licence": licence or "as published with the source checkpoints (see their release); converted locally",
             "user_cache": str(dest),

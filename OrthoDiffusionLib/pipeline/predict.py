@@ -11,7 +11,7 @@ import json
 import resource
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -181,6 +181,10 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from .resources_guard import guard_predict
 
     job.validate()
+    if job.draws is None:  # the model's default (catalogue ``inference.draws``)
+        from .catalogue import get_model
+
+        job = replace(job, draws=(loaded.spec if loaded else get_model(job.model)).default_draws)
     t_all = time.perf_counter()
     timer = StageTimer(log)
     timer.start("loading", f"model {job.model}, study {' '.join(str(p) for p in job.inputs)}")

@@ -22,7 +22,7 @@ def make_standin_model(folder, model_id: str = "standin", preset: str = "tiny", 
     from ..backbone.checkpoints import save_backbone
     from ..storage import atomic_write_json
     from ..training.presets import PRESETS
-    from .catalogue import file_record
+    from .catalogue import RELEASED_INFERENCE, file_record
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -39,6 +39,7 @@ def make_standin_model(folder, model_id: str = "standin", preset: str = "tiny", 
         "segmentation_planes": ["sagittal"], "heads": "heads", "preprocessing": "released",
         "input": {"depth": cfg["depth_size"], "height": cfg["image_size"], "width": cfg["image_size"]},
         "label_sets": {"findings": "knee-8", "structures": "knee-11"}, "files": files,
+        **({"inference": dict(RELEASED_INFERENCE)} if preset == "released" else {}),
         "licence": "Apache-2.0", "measured": {}, "user_cache": "$ORTHODIFFUSION_HOME/models/" + model_id,
         "disclaimer": DISCLAIMER,
     }

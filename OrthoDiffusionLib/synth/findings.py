@@ -15,7 +15,14 @@ bruise patterns; De Smet AA, AJR 2012;199:481-499 for meniscal tear signs):
 * MCL / LCL: thickened ligament with intrasubstance signal and periligamentous oedema.
 * PD: lateral patellar displacement with bruises of the medial patellar facet and the
   anterolateral femoral condyle, medial retinacular oedema, haemarthrosis where the patella was.
-* EFFU: distended suprapatellar recess (depth 4-12 mm); negatives keep 0-2.5 mm of fluid.
+* EFFU: distended suprapatellar recess (depth 4-12 mm at difficulty 0.5); negatives keep 0-2.5 mm
+  of fluid.
+
+Per-finding difficulty ``d`` (``SynthConfig.finding_difficulty``, 0 easy .. 1 subtle) sets each
+finding's size scale and severity range (``finding_size``, ``finding_severity``) and, for EFFU, the
+minimum distension (``effusion_depth_mm``). At ``d = 0.5`` every formula gives exactly the values of
+the generator before per-finding difficulty existed (size 0.95, severity uniform 0.15-1, EFFU depth
+(4 + 8 s) x size).
 """
 
 from __future__ import annotations
@@ -29,6 +36,33 @@ from .template import LAT_MEN, MED_MEN, PAT_CART, PATELLA, FEMUR, TIBIA, Templat
 
 FINDING_KEYS = ("ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU")
 SOFT = (T.FAT, T.MUSCLE, T.CAPSULE, T.FLUID, T.SOFT_OEDEMA)
+SEVERITY_DRAW = (0.15, 1.0)  # the per-case uniform draw; finding_severity maps it by difficulty
+
+
+def finding_size(difficulty: float) -> float:
+    """Lesion size scale of a finding at ``difficulty``: 1.8 at 0, 0.95 at 0.5, 0.65 at 1 (piecewise
+    linear; from 0.5 to 1 the formula of the earlier global knob, 1.25 - 0.6 d). The easy end is
+    steeper because the baseline CNN sees each stack at ~2.5 mm in-plane (central 16 slices of
+    3.3-4.8 mm), where lesions of a few millimetres barely register."""
+    if difficulty < 0.5:
+        return float(0.95 + 1.7 * (0.5 - difficulty))
+    return float(np.clip(1.25 - 0.6 * difficulty, 0.4, 1.5))
+
+
+def finding_severity(u: float, difficulty: float) -> float:
+    """Map the case's uniform draw ``u`` in [0.15, 1) to the severity range of ``difficulty``:
+    [0.15 + 0.6 (0.5 - d), 1 + 0.4 (0.5 - d)] clipped at 0, i.e. [0.45, 1.2] at d = 0,
+    [0.15, 1.0] at d = 0.5 (``u`` itself, bit for bit) and [0, 0.8] at d = 1. Monotone in ``u``."""
+    lo, hi = SEVERITY_DRAW
+    t = (u - lo) / (hi - lo)
+    return float(max(0.0, u + (0.5 - difficulty) * (0.6 - 0.2 * t)))
+
+
+def effusion_depth_mm(severity: float, size: float, difficulty: float) -> float:
+    """Suprapatellar recess depth of an effusion: (floor + 8 s) x size with floor 6 - 4 d mm
+    (6 mm at d = 0, 4 mm at 0.5, 2 mm at 1). Negatives keep 0-2.5 mm of physiologic fluid, so
+    positives and negatives are separated at low difficulty and overlap at high difficulty."""
+    return float((4.0 + 2.0 * (1.0 - 2.0 * difficulty) + 8.0 * severity) * size)
 
 
 class Lesions:
@@ -230,27 +264,34 @@ class Lesions:
 
 
 def inject(tp: Template, present: dict[str, bool], rngs: dict[str, np.random.Generator],
-           severity: dict[str, float], size_scale: float) -> Lesions:
-    """Apply the findings marked present; each finding draws only from its own ``rngs[key]``."""
+           severity: dict[str, float], size_scale: float | dict[str, float],
+           difficulty: dict[str, float] | None = None) -> Lesions:
+    """Apply the findings marked present; each finding draws only from its own ``rngs[key]``.
+
+    ``size_scale``: one scale for every finding or one per finding key; ``difficulty`` (per key,
+    default 0.5) only sets the effusion's minimum depth (``effusion_depth_mm``).
+    """
+    size = size_scale if isinstance(size_scale, dict) else {k: float(size_scale) for k in FINDING_KEYS}
+    diff = {**{k: 0.5 for k in FINDING_KEYS}, **(difficulty or {})}
     les = Lesions(tp)
     eff_rng = rngs["EFFU"]
     physiologic = eff_rng.uniform(0.0, 2.5)
     les.suprapatellar_fluid(physiologic, eff_rng)
     les.lesion[...] = False  # physiologic fluid is anatomy, not a lesion
     if present.get("EFFU"):
-        depth = (4.0 + 8.0 * severity["EFFU"]) * size_scale
+        depth = effusion_depth_mm(severity["EFFU"], size["EFFU"], diff["EFFU"])
         semi = les.suprapatellar_fluid(depth, eff_rng)
         les.details["EFFU"] = {"depth_mm": float(depth), "semi_axes_mm": semi}
     if present.get("PD"):
-        les.patellar_dislocation(rngs["PD"], severity["PD"], size_scale)
+        les.patellar_dislocation(rngs["PD"], severity["PD"], size["PD"])
     if present.get("ACL"):
-        les.acl(rngs["ACL"], severity["ACL"], size_scale)
+        les.acl(rngs["ACL"], severity["ACL"], size["ACL"])
     if present.get("PCL"):
-        les.pcl(rngs["PCL"], severity["PCL"], size_scale)
+        les.pcl(rngs["PCL"], severity["PCL"], size["PCL"])
     for key in ("MM", "LM"):
         if present.get(key):
-            les.meniscus_tear(key, rngs[key], severity[key], size_scale)
+            les.meniscus_tear(key, rngs[key], severity[key], size[key])
     for key in ("MCL", "LCL"):
         if present.get(key):
-            les.collateral(key, rngs[key], severity[key], size_scale)
+            les.collateral(key, rngs[key], severity[key], size[key])
     return les

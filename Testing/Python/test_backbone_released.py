@@ -42,3 +42,35 @@ def test_released_block_names_and_mid_shape():
 
     with pytest.raises(ValueError, match="in_0..in_9, mid_0..mid_2, out_0..out_9"):
         model.block_index("in_14")
+
+
+def test_inference_conv_takes_onednn_with_stock_values_and_training_keeps_gradients():
+    from torch.nn import functional as F
+
+    from OrthoDiffusionLib.backbone.unet import Conv3d
+
+    torch.manual_seed(0)
+    # batch 1, N·C·D·H small: the shape for which the stock path is the slow im2col one
+    conv = Conv3d(16, 32, 3, padding=1)
+    x = torch.randn(1, 16, 8, 32, 32)
+    stock = F.conv3d(x, conv.weight, conv.bias, padding=1)
+    called = []
+    original = torch.mkldnn_convolution
+    try:
+        torch.mkldnn_convolution = lambda *a: called.append(1) or original(*a)
+        with torch.no_grad():
+            fast = conv(x)
+        assert called, "inference on the CPU should dispatch to oneDNN"
+        called.clear()
+        # grad enabled: the stock path, and the gradient flows
+        out = conv(x.requires_grad_())
+        out.sum().backward()
+        assert not called and x.grad is not None and conv.weight.grad is not None
+    finally:
+        torch.mkldnn_convolution = original
+    torch.testing.assert_close(fast, stock, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(out.detach(), stock, rtol=1e-4, atol=1e-5)
+    # a single input channel keeps the stock path (oneDNN is slower there)
+    one = Conv3d(1, 8, 3, padding=1)
+    with torch.no_grad():
+        torch.testing.assert_close(one(x[:, :1]), F.conv3d(x[:, :1], one.weight, one.bias, padding=1))

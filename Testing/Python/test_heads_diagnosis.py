@@ -38,7 +38,10 @@ def test_sap_matches_published_formula():
 
 
 def test_head_count_is_largest_divisor():
+    # default: the published head width (C=256 -> 16 heads of 16 channels), kept for narrower C
     assert SAPPooling(256).num_heads == 16
+    assert SAPPooling(64).num_heads == 4
+    assert SAPPooling(24).num_heads == 1
     assert SAPPooling(24, num_heads=16).num_heads == 12
     assert SAPPooling(7, num_heads=16).num_heads == 7
     assert largest_divisor_at_most(10, 4) == 2

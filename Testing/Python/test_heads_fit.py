@@ -120,3 +120,14 @@ def test_patient_grouping_and_aggregation():
     np.testing.assert_allclose(p_mean, [[0.2, 0.6], [0.5, 0.2]])
     with pytest.raises(ValueError):
         aggregate_by_patient([[0.1]], ["a"], how="median")
+
+
+def test_mpae_experts_in_two_worker_processes_match_one_process():
+    feats, y = _planted(80, 3)
+    cfg = FitConfig(lr=1e-2, max_epochs=6, patience=3, batch_size=32)
+    one, rep1 = fit_mpae(feats, y, cfg=cfg, n_folds=3, num_heads=4, workers=1)
+    two, rep2 = fit_mpae(feats, y, cfg=cfg, n_folds=3, num_heads=4, workers=2)
+    torch.testing.assert_close(rep2["oof_expert_logits"], rep1["oof_expert_logits"], rtol=1e-4, atol=1e-5)
+    for key, value in one.state_dict().items():
+        torch.testing.assert_close(two.state_dict()[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    assert [h["best_epoch"] for h in rep2["histories"]["folds"]] == [h["best_epoch"] for h in rep1["histories"]["folds"]]

@@ -130,3 +130,20 @@ def test_fuse_plane_probabilities_mean_over_covering_planes():
     split = fuse_plane_probabilities([certain, torch.roll(certain, 1, 0)])
     assert torch.allclose(split["entropy"], torch.full((2, 2, 2), math.log(2) / math.log(3)))
     assert torch.all(split["disagreement"] == 0.5)
+
+
+@pytest.mark.parametrize("cin,cout", [(16, 16), (24, 8)])
+def test_res_block_equals_monai_unet_res_block(cin, cout):
+    from monai.networks.blocks import UnetResBlock
+
+    from OrthoDiffusionLib.heads.segmentation import ResBlock
+
+    torch.manual_seed(0)
+    theirs = UnetResBlock(3, cin, cout, kernel_size=3, stride=1, norm_name=("group", {"num_groups": 8}))
+    ours = ResBlock(cin, cout)
+    assert set(ours.state_dict()) == set(theirs.state_dict())
+    for p in theirs.parameters():  # non-trivial norm parameters too
+        p.data.uniform_(-0.5, 0.5)
+    ours.load_state_dict(theirs.state_dict(), strict=True)
+    x = torch.randn(2, cin, 4, 8, 8)
+    torch.testing.assert_close(ours(x), theirs(x.clone()), rtol=1e-5, atol=1e-6)

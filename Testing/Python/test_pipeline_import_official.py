@@ -130,10 +130,13 @@ def test_imported_model_fits_and_predicts(home, ckpt, tiny_config, container, tm
     case = tmp_path / "cohort" / "cases" / "T000"
     rc, out, err = _cli(capsys, "predict", "--sagittal", case / "sagittal.nii.gz", "--coronal",
                         case / "coronal.nii.gz", "--axial", case / "axial.nii.gz", "--model", "pub",
-                        "--out", tmp_path / "out", "--draws", "1", "--device", "cpu")
+                        "--out", tmp_path / "out", "--device", "cpu")
     assert rc == 0, err
     result = json.loads((tmp_path / "out" / "result.json").read_text())
     assert result["model"]["id"] == "pub" and result["planes_present"] == ["sagittal", "coronal"]
+    # no --draws: the imported entry's default (2, the fewest that give a spread), not knee-demo's 3
+    assert get_model("pub").default_draws == 2 and get_model("knee-demo").default_draws == 3
+    assert {v["draws"] for v in result["provenance"]["feature_spec"].values()} == {2}
     assert "axial series ignored: model pub has no axial backbone" in result["provenance"]["warnings"]
 
 

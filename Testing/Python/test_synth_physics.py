@@ -35,13 +35,15 @@ def pure_tissue_masks(case, plane):
 
 @pytest.fixture(scope="module")
 def pdfs_case():
-    cfg = SynthConfig(seed=5, centers=("center_a",), base_maps=("a",), motion=False)
+    # EFFU at difficulty 0.5 (the pre-calibration size): the measurement needs a large fluid pool
+    cfg = SynthConfig(seed=5, centers=("center_a",), base_maps=("a",), motion=False, finding_difficulty={"EFFU": 0.5})
     return generate_case(0, cfg, force_findings={**NO_FINDINGS, "EFFU": 1})
 
 
 @pytest.fixture(scope="module")
 def t1_case():
-    cfg = SynthConfig(seed=6, centers=("center_b",), base_maps=("a",), motion=False)
+    # EFFU at difficulty 0.5 (the pre-calibration size): the measurement needs a large fluid pool
+    cfg = SynthConfig(seed=6, centers=("center_b",), base_maps=("a",), motion=False, finding_difficulty={"EFFU": 0.5})
     return generate_case(0, cfg, force_findings={**NO_FINDINGS, "EFFU": 1})
 
 
