@@ -52,7 +52,7 @@ def _predict_first(args) -> str:
                 raise InputError(f"{manifest.path}: no rows with split '{args.split}'")
             path = write_manifest(rows, Path(tmp) / "manifest.csv", label_set=manifest.label_set)
         argv = ["predict", "--manifest", str(path), "--out", str(pred_dir), "--model", args.model,
-                "--device", args.device, "--seed", str(args.seed)] + (["--draws", str(args.draws)] if args.draws else [])
+                "--device", args.device, "--seed", str(args.seed)] + ([] if args.draws is None else ["--draws", str(args.draws)])
         if args.cache:
             argv += ["--cache", args.cache]
         predict_cohort(build_parser().parse_args(argv))  # failures land in errors.csv; evaluate says so

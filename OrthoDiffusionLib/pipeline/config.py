@@ -37,7 +37,7 @@ class FitJob:
     seg_epochs: int = 45                 # 142 cases: ~7.5 min on 2 CPU threads (bench/README.md)
     parent: str | None = None            # recorded parent version; default: the store's current
     replay: int = 48                     # training cases kept in the version for fine-tune replay (0: none)
-    threads: int | None = None           # torch threads while fitting; None: the cores this process may use
+    threads: int | None = None           # CPU budget (expert worker processes, decoder threads); None: all cores
 
     def validate(self) -> None:
         if self.threads is not None and self.threads < 1:
