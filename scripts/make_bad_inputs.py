@@ -138,14 +138,14 @@ def volume_cases(d: Path) -> None:
     for name, spacing, frag in (("spacing_zero", (0.5, 0.5, 0.0), "spacing"),
                                 ("spacing_100mm", (0.5, 0.5, 100.0), "implausible voxel spacing"),
                                 ("spacing_metres", (0.0005, 0.0005, 0.003), "implausible voxel spacing")):
-        _mha_with_spacing(d / f"{name}.mha", spacing)
+        _mha_with_header(d / f"{name}.mha", "ElementSpacing", spacing)
         case(name, f"spacing {spacing} mm in the header", predict(f"{{bad}}/{name}.mha"),
              study(f"{{bad}}/{name}.mha"), 2, frag)
     shear = (1.0, 0.5, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)  # det 1, but not a rotation
-    _mha_with_direction(d / "direction_sheared.mha", shear)
+    _mha_with_header(d / "direction_sheared.mha", "TransformMatrix", shear)
     case("direction_sheared", "direction matrix with a shear (det 1, not orthogonal)",
          predict("{bad}/direction_sheared.mha"), study("{bad}/direction_sheared.mha"), 2, "not a rotation")
-    _mha_with_direction(d / "direction_scaled.mha", (2.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
+    _mha_with_header(d / "direction_scaled.mha", "TransformMatrix", (2.0, 0, 0, 0, 1.0, 0, 0, 0, 1.0))
     case("direction_scaled", "direction matrix with a scaled axis", predict("{bad}/direction_scaled.mha"),
          study("{bad}/direction_scaled.mha"), 2, "not a rotation")
 
@@ -197,21 +197,13 @@ def volume_cases(d: Path) -> None:
          "no usable images found")
 
 
-def _mha_with_spacing(path: Path, spacing) -> None:
+def _mha_with_header(path: Path, key: str, values) -> None:
+    """A valid knee .mha whose header field ``key`` (ElementSpacing, TransformMatrix) is rewritten."""
     write(image(knee_like()), path, compress=False)
     text = path.read_bytes()
     head, _, data = text.partition(b"ElementDataFile = LOCAL\n")
-    lines = [ln for ln in head.decode().splitlines() if not ln.startswith("ElementSpacing")]
-    lines.insert(-1, "ElementSpacing = " + " ".join(repr(float(v)) for v in spacing))
-    path.write_bytes(("\n".join(lines) + "\nElementDataFile = LOCAL\n").encode() + data)
-
-
-def _mha_with_direction(path: Path, direction) -> None:
-    write(image(knee_like()), path, compress=False)
-    text = path.read_bytes()
-    head, _, data = text.partition(b"ElementDataFile = LOCAL\n")
-    lines = [ln for ln in head.decode().splitlines() if not ln.startswith("TransformMatrix")]
-    lines.insert(-1, "TransformMatrix = " + " ".join(repr(float(v)) for v in direction))
+    lines = [ln for ln in head.decode().splitlines() if not ln.startswith(key)]
+    lines.insert(-1, f"{key} = " + " ".join(repr(float(v)) for v in values))
     path.write_bytes(("\n".join(lines) + "\nElementDataFile = LOCAL\n").encode() + data)
 
 

@@ -67,10 +67,6 @@ class ResBlock(nn.Module):
         return self.lrelu(out + residual)
 
 
-def _res_block(cin: int, cout: int) -> nn.Module:
-    return ResBlock(cin, cout)
-
-
 @register_head("segmentation_decoder")
 class SegmentationDecoder(nn.Module):
     def __init__(self, in_channels: int, n_classes: int, in_shape: list, out_shape: list,
@@ -86,7 +82,7 @@ class SegmentationDecoder(nn.Module):
         self.stage_shapes = shapes
         self.up = nn.ModuleList(nn.ConvTranspose3d(channels[s], channels[s + 1], kernel_size=st, stride=st)
                                 for s, st in enumerate(self.plan))
-        self.res = nn.ModuleList(_res_block(channels[s + 1], channels[s + 1]) for s in range(len(self.plan)))
+        self.res = nn.ModuleList(ResBlock(channels[s + 1], channels[s + 1]) for s in range(len(self.plan)))
         # Multi-scale fusion: tap name -> level (0 = input resolution, s = after stage s).
         self.tap_level: dict[str, int] = {}
         tap_channels: dict[int, int] = {}
@@ -97,7 +93,7 @@ class SegmentationDecoder(nn.Module):
             level = shapes.index(shape)
             self.tap_level[name] = level
             tap_channels[level] = tap_channels.get(level, 0) + int(spec["channels"])
-        self.fuse = nn.ModuleDict({str(lv): _res_block(channels[lv] + c, channels[lv]) for lv, c in tap_channels.items()})
+        self.fuse = nn.ModuleDict({str(lv): ResBlock(channels[lv] + c, channels[lv]) for lv, c in tap_channels.items()})
         self.classifier = nn.Conv3d(channels[-1], n_classes, kernel_size=1)
 
     def _fuse_taps(self, x: torch.Tensor, level: int, taps: Mapping[str, torch.Tensor]) -> torch.Tensor:

@@ -31,6 +31,18 @@ FUSION_COPIES = 2
 GB = 1e9
 
 
+def _proc_kib(path: str, key: str) -> int | None:
+    """The ``key:`` line of a /proc file, in bytes (its values are kiB); None when absent."""
+    try:
+        with open(path, encoding="ascii") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
 def available_memory_bytes() -> int | None:
     """Memory the OS can give us now (psutil when installed, else /proc/meminfo); None if unknown."""
     try:
@@ -38,15 +50,7 @@ def available_memory_bytes() -> int | None:
 
         return int(psutil.virtual_memory().available)
     except ImportError:
-        pass
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return _proc_kib("/proc/meminfo", "MemAvailable")
 
 
 def current_rss_bytes() -> int:
@@ -56,15 +60,7 @@ def current_rss_bytes() -> int:
 
         return int(psutil.Process().memory_info().rss)
     except ImportError:
-        pass
-    try:
-        with open("/proc/self/status", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+        return _proc_kib("/proc/self/status", "VmRSS") or 0
 
 
 @dataclass
