@@ -146,41 +146,32 @@ def read_json(path: str | os.PathLike):
         return json.load(f)
 
 
-def check_output_folder(dest: str | os.PathLike, marker: str = "result.json") -> Path:
-    """``dest`` may be written by ``staged_folder``: absent, empty, or a previous output (holds
-    ``marker``). Anything else (a file, a folder of other files) is refused, so nobody's files are
-    replaced by an output."""
-    from .errors import UserError
-
-    dest = Path(dest)
-    if dest.exists() and not dest.is_dir():
-        raise UserError(f"output {dest} is a file; give a folder path for --out")
-    if dest.is_dir() and any(dest.iterdir()) and not (dest / marker).is_file():
-        raise UserError(f"output folder {dest} already holds other files (it is not an OrthoDiffusion output); "
-                        "choose a new or empty folder")
-    return dest
-
-
 @contextlib.contextmanager
-def staged_folder(dest: str | os.PathLike, marker: str = "result.json") -> Iterator[Path]:
+def staged_folder(dest: str | os.PathLike, kind: str = "case") -> Iterator[Path]:
     """Yield a hidden sibling folder to fill; on success it replaces ``dest`` whole.
 
-    A failure (or ``kill -9``) before the end leaves ``dest`` as it was: absent, empty or the
-    previous output. A previous output is moved aside and removed only after the new one is in place.
+    ``dest`` must be replaceable (ownership.check_replaceable: absent, empty, or an earlier output of
+    ``kind`` holding only what the tool wrote); the new folder gets the ownership marker listing
+    what it holds. A failure (or ``kill -9``) before the end leaves ``dest`` as it was. A previous
+    output is moved aside and removed only after the new one is in place.
     """
     import shutil
 
-    dest = check_output_folder(dest, marker)
+    from .ownership import check_replaceable, mark_folder_complete
+
+    dest = check_replaceable(dest, kind)
     dest.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=f".{dest.name}.staging-", dir=dest.parent))
     try:
         yield stage
+        mark_folder_complete(stage, kind)
         for p in stage.rglob("*"):
             if p.is_file():
                 with open(p, "rb") as f:
                     os.fsync(f.fileno())
         os.chmod(stage, 0o777 & ~_UMASK)
         crash_point("before-rename", dest)
+        check_replaceable(dest, kind)  # again: nothing foreign may have appeared while we computed
         previous = None
         if dest.is_dir() and any(dest.iterdir()):
             previous = Path(tempfile.mkdtemp(prefix=f".{dest.name}.previous-", dir=dest.parent))

@@ -395,7 +395,7 @@ def ehr_and_argument_cases(d: Path) -> None:
     (d / "foreign_out" / "thesis.docx").write_bytes(b"not ours")
     case("out_not_ours", "--out is a folder of someone else's files",
          ["predict", ok, "--out", "{bad}/foreign_out", "--device", "cpu"], job(out="{bad}/foreign_out"), 2,
-         "already holds other files")
+         "already holds files the tool did not write")
     case("unknown_model", "--model that is not installed", predict(ok, "--model", "no-such-model"),
          job(model="no-such-model"), 2, "unknown model 'no-such-model'")
 

@@ -21,12 +21,14 @@ def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=None, log
     import time
     from pathlib import Path
 
+    from ..ownership import claim_folder, record_files
     from ..pipeline.config import PredictJob
     from ..pipeline.predict import predict_study
     from ..pipeline.report import write_report
     from ..resources import sample_knee_path
 
     t0 = time.perf_counter()
+    claim_folder(out, "demo")
     job = PredictJob(inputs=[str(sample_knee_path())], out=str(Path(out) / "result"), model=model, device=device,
                      draws=draws, reformat=True, case_id="sample-knee")
     pred = predict_study(job, log=log)
@@ -34,6 +36,7 @@ def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=None, log
              "series is real: the coronal and axial inputs are reformats of it (4 mm slices, blurred across)."]
     report = write_report(pred, Path(out) / "report.html", title="OrthoDiffusion demo: sample knee", notes=notes,
                           wall_s=time.perf_counter() - t0, anonymize=anonymize)
+    record_files(out, "demo", "result", "report.html")
     return pred, report, time.perf_counter() - t0
 
 

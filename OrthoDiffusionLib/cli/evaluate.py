@@ -41,6 +41,9 @@ def _predict_first(args) -> str:
     from ..pipeline.cohort_predict import predict_cohort
     from .main import build_parser
 
+    from ..ownership import claim_folder
+
+    claim_folder(args.out, "evaluation")  # before predicting: a refused --out costs nothing
     pred_dir = Path(args.out_predictions or Path(args.out) / "predictions")
     manifest = read_manifest(args.manifest)
     with tempfile.TemporaryDirectory(prefix="od-eval-") as tmp:

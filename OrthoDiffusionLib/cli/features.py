@@ -67,7 +67,9 @@ def _run(args) -> int:
     except ValueError as exc:
         raise UserError(str(exc)) from None
     cfg = model.config
-    out = Path(args.out)
+    from ..ownership import claim_folder
+
+    out = claim_folder(args.out, "features")
     summary = {"disclaimer": DISCLAIMER, "software": {"orthodiffusion": __version__}, "spec": spec.to_dict(),
                "backbone": {"path": str(args.checkpoint), "sha256": backbone_sha, "config": cfg.to_dict()},
                "warnings": list(study.warnings), "planes": {}}

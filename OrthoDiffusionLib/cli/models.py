@@ -17,7 +17,9 @@ def register(sub) -> None:
     v.set_defaults(func=_verify)
     i = s.add_parser("install", help="install a model folder or .zip (with model.json) for this user")
     i.add_argument("path")
-    i.add_argument("--force", action="store_true", help="replace an installed model with the same id")
+    i.add_argument("--force", action="store_true",
+                   help="replace an installed model with the same id (the old one, fitted heads included, is moved "
+                        "to $ORTHODIFFUSION_HOME/replaced/ID-TIME)")
     i.set_defaults(func=_install)
     p.set_defaults(func=lambda a: (p.print_help(), 1)[1])
 
@@ -70,6 +72,6 @@ def _verify(args) -> int:
 def _install(args) -> int:
     from ..pipeline.catalogue import install_model
 
-    m = install_model(args.path, force=args.force)
+    m = install_model(args.path, force=args.force, log=print)
     print(f"installed {m.id} {m.version} into {m.root}")
     return 0

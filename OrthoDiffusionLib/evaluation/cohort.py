@@ -331,7 +331,9 @@ def evaluate_cohort(manifest, predictions_dir, out=None, operating_point: str | 
         "notes": _notes(cp, models),
     }
     if out is not None:
-        out = Path(out)
+        from ..ownership import claim_folder
+
+        out = claim_folder(out, "evaluation")
         files = write_evaluation(report, out, plots_enabled=plots)
         files["csv"].append(str(write_csv(out / CASES_CSV, case_rows(cp, report))))
         report["files"] = files

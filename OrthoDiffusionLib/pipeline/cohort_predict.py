@@ -1,10 +1,12 @@
 """Cohort mode of ``orthodiffusion predict --manifest``: one result folder per study.
 
-- **Resumable**: a case whose ``result.json`` exists is skipped (``result.json`` is written last,
-  so it marks a complete folder); a folder without it is a leftover of an interrupted run and is
-  removed before the case is predicted again.
+- **Owned output**: ``--out`` must be new, empty or an earlier cohort output (ownership.py); no
+  manifest image may lie inside it. A case folder appears whole (staged) with its ownership
+  marker; the tool never deletes a case folder, and replaces one only when it holds nothing but
+  what the tool wrote.
+- **Resumable**: a case whose folder holds ``result.json`` and the marker is skipped.
 - **Failures do not stop the cohort**: any exception of one case is recorded in ``errors.csv``
-  (study id, error, short trace), its partial folder is removed, and the next run retries it.
+  (study id, error, short trace); nothing is left of the failed attempt, and the next run retries it.
 - **Parallel**: ``--workers N`` starts N spawned processes; each loads the model once and uses
   ``cores // (N × local ranks)`` torch threads, so the CPU is not oversubscribed. The parent only
   dispatches rows and shows the tqdm bar. Per-case results do not depend on the worker count
@@ -22,7 +24,6 @@ from __future__ import annotations
 
 import csv
 import os
-import shutil
 import time
 import traceback
 from dataclasses import fields
@@ -31,6 +32,8 @@ from pathlib import Path
 import numpy as np
 
 SUMMARY_FILE = "uncertainty_summary.json"
+ERRORS_FILE = "errors.csv"
+SUMMARY_COHORT_FILE = "cohort_summary.json"
 PLANES = ("sagittal", "coronal", "axial")
 
 # set once per worker process by _init_worker
@@ -104,6 +107,24 @@ def uncertainty_summary(pred, loaded) -> dict:
     }
 
 
+def case_folder_problem(study_id: str) -> str | None:
+    """Why ``study_id`` cannot name a case folder of a cohort output (None when it can)."""
+    from ..ownership import COHORT_RESERVED
+
+    if study_id in (".", "..") or Path(study_id).name != study_id:  # never outside `out`
+        return f"study_id '{study_id}' cannot be a folder name (no '/' or '..')"
+    if study_id.startswith(".") or study_id in COHORT_RESERVED:
+        return f"study_id '{study_id}' is a name the cohort folder uses itself ({', '.join(COHORT_RESERVED)}, or a leading '.')"
+    return None
+
+
+def is_done(case_out: Path) -> bool:
+    """A finished case folder of the tool's (result.json and the ownership marker)."""
+    from ..ownership import read_marker
+
+    return (case_out / "result.json").is_file() and (read_marker(case_out) or {}).get("kind") == "case"
+
+
 def predict_case(settings: dict, row, out: Path, loaded) -> dict:
     """Predict one manifest row into ``out/<study_id>``; never raises (the outcome says what happened)."""
     from ..storage import atomic_write_json
@@ -111,19 +132,21 @@ def predict_case(settings: dict, row, out: Path, loaded) -> dict:
 
     case_out = out / row.study_id
     t0 = time.perf_counter()
-    if row.study_id in (".", "..") or Path(row.study_id).name != row.study_id:  # never outside `out`
+    problem = case_folder_problem(row.study_id)
+    if problem:
         return {"study_id": row.study_id, "status": "failed", "seconds": 0.0, "trace": "",
-                "error": f"InputError: study_id '{row.study_id}' cannot be a folder name (no '/' or '..')"}
+                "error": f"InputError: {problem}"}
+
+    def add_summary(pred):  # inside the staged folder: the case appears whole, summary included
+        atomic_write_json(pred.out_dir / SUMMARY_FILE, uncertainty_summary(pred, loaded))
+
     try:
-        if case_out.exists():  # leftover of an interrupted run (no result.json): start clean
-            shutil.rmtree(case_out)
-        pred = predict_study(_job_for_row(settings, row, case_out), loaded=loaded, log=lambda m: None)
-        atomic_write_json(case_out / SUMMARY_FILE, uncertainty_summary(pred, loaded))
+        predict_study(_job_for_row(settings, row, case_out), loaded=loaded, log=lambda m: None,
+                      after_write=add_summary)
         return {"study_id": row.study_id, "status": "ok", "seconds": round(time.perf_counter() - t0, 3)}
     except Exception as exc:  # one bad case must not stop the cohort; KeyboardInterrupt still does
         from ..errors import UserError
 
-        shutil.rmtree(case_out, ignore_errors=True)
         return {"study_id": row.study_id, "status": "failed", "seconds": round(time.perf_counter() - t0, 3),
                 "error": f"{type(exc).__name__}: {exc}",  # a user error's message says it all; a bug needs a trace
                 "trace": "" if isinstance(exc, UserError) else traceback.format_exc(limit=4).replace("\n", " | ")}
@@ -192,25 +215,28 @@ def _gather_outcomes(outcomes: list, rank: int, world: int) -> list | None:
 def _write_reports(out: Path, outcomes: list, n_rows: int, settings: dict, workers: int, world: int,
                    threads: int) -> None:
     from .. import DISCLAIMER
+    from ..ownership import record_files, remove_owned
     from ..storage import atomic_path, atomic_write_json
 
     errors = [o for o in outcomes if o["status"] == "failed"]
-    errors_csv = out / "errors.csv"
+    errors_csv = out / ERRORS_FILE
     if errors:
         with atomic_path(errors_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(f"# {DISCLAIMER}\n")
             w = csv.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
             w.writeheader()
             w.writerows(sorted(errors, key=lambda o: o["study_id"]))
-    elif errors_csv.exists():
-        errors_csv.unlink()  # errors of an earlier run, all fixed now
+        record_files(out, "cohort", ERRORS_FILE)
+    else:
+        remove_owned(out, ERRORS_FILE, "cohort")  # errors of an earlier run, all fixed now
     counts = {s: sum(o["status"] == s for o in outcomes) for s in ("ok", "skipped", "failed")}
-    atomic_write_json(out / "cohort_summary.json", {
+    atomic_write_json(out / SUMMARY_COHORT_FILE, {
         "disclaimer": DISCLAIMER, "rows": n_rows, "predicted": counts["ok"], "skipped": counts["skipped"],
         "failed": counts["failed"], "workers": workers, "threads_per_worker": threads, "world_size": world,
         "settings": settings, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "cases": sorted(({k: v for k, v in o.items() if k != "trace"} for o in outcomes),
                         key=lambda o: o["study_id"])})
+    record_files(out, "cohort", SUMMARY_COHORT_FILE)
 
 
 def _check_model(settings: dict) -> None:
@@ -238,7 +264,7 @@ def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_worl
     outcomes: dict[str, dict] = {}
     todo = []
     for row in rows:
-        if (out / row.study_id / "result.json").is_file():
+        if is_done(out / row.study_id):
             outcomes[row.study_id] = {"study_id": row.study_id, "status": "skipped"}
         else:
             todo.append(row)
@@ -271,7 +297,6 @@ def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_worl
                     except Exception as exc:  # the worker died (model load failed, out of memory, killed)
                         o = {"study_id": row.study_id, "status": "failed",
                              "error": f"worker failed: {type(exc).__name__}: {exc}", "trace": ""}
-                        shutil.rmtree(out / row.study_id, ignore_errors=True)
                     outcomes[row.study_id] = o
                     if o["status"] == "failed":
                         bar.write(f"failed: {row.study_id}: {o['error']}")
@@ -280,6 +305,15 @@ def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_worl
         bar.close()
         torch.set_num_threads(threads_before)
     return [outcomes[r.study_id] for r in rows]
+
+
+def claim_cohort_folder(out: Path, manifest, what: str = "--out") -> Path:
+    """``out`` becomes (or already is) a cohort output; the manifest and its images stay outside it."""
+    from ..ownership import claim_folder, refuse_inputs_inside
+
+    inputs = [manifest.path] + [p for row in manifest.rows for p in (*row.images.values(), *row.labels.values())]
+    refuse_inputs_inside(out, inputs, what)
+    return claim_folder(out, "cohort", what)
 
 
 def predict_cohort(args) -> int:
@@ -304,7 +338,7 @@ def predict_cohort(args) -> int:
         if settings.get("device", "auto") in ("auto", "cuda", "gpu") and torch.cuda.is_available():
             settings["device"] = f"cuda:{local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: share
     _check_model(settings)
-    out.mkdir(parents=True, exist_ok=True)
+    claim_cohort_folder(out, manifest)
     outcomes = run_rows(rows, out, settings, args.workers, local_world if world > 1 else 1,
                         desc=f"rank {rank}/{world} cases" if world > 1 else "cases", threads=threads)
     for o in outcomes:
@@ -319,6 +353,6 @@ def predict_cohort(args) -> int:
     skipped = sum(o["status"] == "skipped" for o in outcomes)
     failed = sum(o["status"] == "failed" for o in outcomes)
     print(f"{done} predicted, {skipped} already done, {failed} failed"
-          + (f" (see {out / 'errors.csv'})" if failed else "") + f"; summary: {out / 'cohort_summary.json'}"
+          + (f" (see {out / ERRORS_FILE})" if failed else "") + f"; summary: {out / SUMMARY_COHORT_FILE}"
           + f"  [{DISCLAIMER}]")
     return 1 if failed and not done and not skipped else 0

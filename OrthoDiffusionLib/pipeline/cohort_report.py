@@ -25,8 +25,9 @@ import numpy as np
 from .. import DISCLAIMER, __version__
 from ..errors import InputError
 from ..results import PLANES, read_result_folder
+from ..ownership import CSV_SIGNATURE, HTML_SIGNATURE, check_file_replaceable
 from .anonymize import Pseudonymizer
-from .report import BANNER, STYLE, _table, png_file_uri
+from .report import BANNER, GENERATOR_META, STYLE, _table, png_file_uri
 
 EVAL_DIR = "evaluation"
 
@@ -246,6 +247,9 @@ def write_cohort_report(cohort_dir, out=None, manifest=None, anonymize: bool = F
     out = Path(out) if out is not None else cohort_dir / "report.html"
     if out.suffix.lower() not in (".html", ".htm"):
         raise InputError(f"--out must name an .html file, got {out}")
+    csv_out = out.with_name(out.stem + "_cases.csv")
+    check_file_replaceable(out, HTML_SIGNATURE)  # never over a file the tool did not write
+    check_file_replaceable(csv_out, CSV_SIGNATURE)
     anon = Pseudonymizer(anonymize, salt)
     rows_by_id = {r.study_id: r for r in m.rows} if m else {}
     anon.register([r.case_id for r in results] + [e.get("study_id") for e in errors] + list(rows_by_id), "case")
@@ -304,9 +308,9 @@ def write_cohort_report(cohort_dir, out=None, manifest=None, anonymize: bool = F
                             "labelled positive", "max spread", "heads"]),
              "<h2>Errors</h2>", _table(err_rows, ["case", "error"]) if err_rows else "<p>none</p>",
              f"<p><small>{html.escape(DISCLAIMER)} OrthoDiffusion {html.escape(__version__)}.</small></p>"]
-    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8"><title>OrthoDiffusion cohort report</title>'
+    doc = (f'<!DOCTYPE html><html><head><meta charset="utf-8">{GENERATOR_META}<title>OrthoDiffusion cohort report</title>'
            f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>")
     out.parent.mkdir(parents=True, exist_ok=True)
-    csv_path = write_csv(out.with_name(out.stem + "_cases.csv"), csv_rows)
+    csv_path = write_csv(csv_out, csv_rows)
     atomic_write_text(out, doc)
     return {"html": out, "csv": csv_path, "evaluation": eval_dir}

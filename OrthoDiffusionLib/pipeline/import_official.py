@@ -14,7 +14,6 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import re
-import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +23,7 @@ import torch
 from .. import DISCLAIMER, __version__
 from ..errors import CheckpointError, InputError, UserError
 from ..storage import atomic_write_json, sha256_file
-from .catalogue import (MODEL_FILE, PLANES, RELEASED_INFERENCE, file_record, install_model, shipped_models,
+from .catalogue import (MODEL_FILE, PLANES, RELEASED_INFERENCE, check_model_id, file_record, install_model,
                         user_models_dir, validate_entry)
 
 # The released multi-plane feature setting (method.md): axial t=200 mid_0, sagittal t=150 mid_0,
@@ -164,15 +163,11 @@ def feature_settings(planes, config, overrides: dict | None = None) -> dict:
 
 
 def _check_name(name: str, force: bool) -> Path:
-    if not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$", name or ""):
-        raise InputError(f"--name {name!r}: use letters, digits, '.', '_' or '-' (starting with a letter or digit)")
+    check_model_id(name, "--name")
     dest = user_models_dir() / name
-    if not force:
-        if dest.exists():
-            raise UserError(f"a model named '{name}' already exists in {dest}; choose another --name or "
-                            "pass --force to replace it (the old folder is kept as a backup)")
-        if name in {m.id for m in shipped_models()}:
-            raise UserError(f"'{name}' is a shipped model; choose another --name or pass --force to shadow it")
+    if not force and dest.exists():
+        raise UserError(f"a model named '{name}' already exists in {dest}; choose another --name or "
+                        "pass --force to replace it (the old folder is kept as a backup)")
     return dest
 
 
@@ -284,11 +279,7 @@ def import_official(checkpoints: dict, name: str, config: str | None = "released
         }
         validate_entry(entry)
         atomic_write_json(stage / MODEL_FILE, entry)
-        backup = _backup_existing(dest) if force else None
-        spec = install_model(stage, force=force)
-    if backup:
-        log(f"previous '{name}' kept in {backup}")
-    return spec
+        return install_model(stage, force=force, log=log)
 
 
 def _check_bit_exact(path: Path, state_dict: dict) -> None:
@@ -298,14 +289,3 @@ def _check_bit_exact(path: Path, state_dict: dict) -> None:
     bad = [k for k, v in state_dict.items() if k not in written or not torch.equal(written[k], v)]
     if bad or set(written) != set(state_dict):
         raise CheckpointError(f"{path.name}: converted weights differ from the checkpoint ({', '.join(bad[:3])})")
-
-
-def _backup_existing(dest: Path) -> Path | None:
-    """--force never destroys what a user fitted: the old folder is copied aside first."""
-    if not dest.exists():
-        return None
-    stamp = _dt.datetime.now().strftime("%Y%m%dT%H%M%S")
-    backup = dest.parent.parent / "replaced" / f"{dest.name}-{stamp}"
-    backup.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(dest, backup)
-    return backup

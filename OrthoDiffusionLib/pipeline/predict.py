@@ -177,7 +177,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from ..io import load_study, preprocess, volume_hash
     from ..labelsets import load_label_set
     from ..results import CaseResult, Finding, write_result_folder
-    from ..storage import check_output_folder, sha256_file
+    from ..ownership import check_replaceable, refuse_inputs_inside
+    from ..storage import sha256_file
     from .resources_guard import guard_predict
 
     job.validate()
@@ -190,7 +191,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     timer.start("loading", f"model {job.model}, study {' '.join(str(p) for p in job.inputs)}")
     # inputs first (headers, then pixels), weights last: a bad input fails fast and leaves nothing
     if write:
-        check_output_folder(job.out)
+        check_replaceable(job.out, "case")
+        refuse_inputs_inside(job.out, job.inputs)
     guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log)
     ehr = validate_ehr(parse_ehr(job.ehr))
     study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)

@@ -87,6 +87,7 @@ def _summary_for_legacy(case_dir: Path, settings: dict, row, loaded_holder: dict
     """A finished result folder without ``uncertainty_summary.json`` (single predict, older version):
     recompute the prediction in memory (nothing in the folder is replaced) and add the summary file."""
     from ..device import resolve_device
+    from ..ownership import record_files
     from ..storage import atomic_write_json
     from .cohort_predict import SUMMARY_FILE, _job_for_row, uncertainty_summary
     from .predict import load_model, predict_study
@@ -98,6 +99,7 @@ def _summary_for_legacy(case_dir: Path, settings: dict, row, loaded_holder: dict
     pred = predict_study(job, loaded=loaded_holder["loaded"], log=lambda m: None, write=False)
     summary = uncertainty_summary(pred, loaded_holder["loaded"])
     atomic_write_json(case_dir / SUMMARY_FILE, summary)
+    record_files(case_dir, "case", SUMMARY_FILE)  # the folder stays provably the tool's
     return summary
 
 
@@ -107,12 +109,14 @@ def rank_cohort(manifest_path, out: Path, settings: dict, results: Path, workers
     from ..errors import UserError
     from ..storage import read_json
     from .catalogue import get_model
-    from .cohort_predict import _check_model, run_rows, threads_per_worker
+    from ..ownership import CSV_SIGNATURE, check_file_replaceable
+    from .cohort_predict import _check_model, claim_cohort_folder, run_rows, threads_per_worker
 
     manifest = read_manifest(manifest_path)
     _check_model(settings)
     spec = get_model(settings["model"])
-    results.mkdir(parents=True, exist_ok=True)
+    check_file_replaceable(out, CSV_SIGNATURE)
+    claim_cohort_folder(results, manifest, "--results")
     for row in manifest.rows:  # reused folders must come from the model being ranked
         res = results / row.study_id / "result.json"
         if res.is_file():

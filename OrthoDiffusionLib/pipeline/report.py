@@ -20,6 +20,8 @@ STYLE = """body{font-family:sans-serif;margin:24px;max-width:1240px;color:#222}
 table{border-collapse:collapse;margin:8px 0}td,th{border:1px solid #ccc;padding:3px 8px;font-size:13px}
 th{background:#eee}img{max-width:100%}h2{margin-top:26px}small{color:#666}"""
 BANNER = f'<div class="banner">{html.escape(DISCLAIMER)}</div>'
+# ownership.HTML_SIGNATURE: lets a later run prove it wrote the file before overwriting it
+GENERATOR_META = '<meta name="generator" content="OrthoDiffusion">'
 
 
 def _png(fig) -> str:
@@ -111,8 +113,10 @@ def write_report(pred, path, title: str = "OrthoDiffusion result", notes: list[s
                  wall_s: float | None = None, anonymize: bool = False, salt: str | None = None) -> Path:
     """``anonymize``: the case id is replaced by a pseudonym (see pipeline/anonymize.py)."""
     from ..labelsets import load_label_set
+    from ..ownership import HTML_SIGNATURE, check_file_replaceable
     from .anonymize import Pseudonymizer
 
+    check_file_replaceable(path, HTML_SIGNATURE)  # never over a file the tool did not write
     r = pred.result
     structures = load_label_set("knee-11")
     prov = r.provenance
@@ -135,7 +139,7 @@ def write_report(pred, path, title: str = "OrthoDiffusion result", notes: list[s
         t_rows.append(("writing", f"{r.timings['writing_s']:.2f}", ""))
     if wall_s is not None:
         t_rows.append(("whole command (wall)", f"{wall_s:.1f}", ""))
-    doc = f"""<!DOCTYPE html><html><head><meta charset="utf-8"><title>{html.escape(title)}</title>
+    doc = f"""<!DOCTYPE html><html><head><meta charset="utf-8">{GENERATOR_META}<title>{html.escape(title)}</title>
 <style>{STYLE}</style></head><body>
 {BANNER}
 <h1>{html.escape(title)}</h1>

@@ -247,8 +247,9 @@ def run_sweep(manifest_path, model: str, timesteps, blocks, out, label_fraction:
     if not table:
         raise UserError(f"{manifest.path}: no case has an image of the planes {', '.join(planes)}")
     best = best_cells(table, list(timesteps), list(blocks))
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..ownership import claim_folder
+
+    out = claim_folder(out, "sweep")
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER} Linear-probe macro AUROC per plane, timestep and block.\n")
     w = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")

@@ -277,8 +277,9 @@ def synthesize_cohort(n: int, out_dir: str | os.PathLike, config: SynthConfig = 
 
     from ..cohort import write_manifest
 
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    from ..ownership import claim_folder
+
+    out = claim_folder(out_dir, "synth")
     for name in config.base_maps:  # build once in the parent; forked workers inherit the cache
         load_template(name, config.working_mm)
     jobs = [(i, config, out) for i in range(n)]

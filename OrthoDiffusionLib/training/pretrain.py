@@ -351,7 +351,9 @@ def _run(cfg: TrainConfig, model_config: UNetConfig, volumes=None) -> dict:
         amp = "none"
     out = Path(cfg.out)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        from ..ownership import claim_folder
+
+        claim_folder(out, "pretrain")
 
     # data ------------------------------------------------------------------------------------
     shape = (model_config.depth_size, model_config.image_size, model_config.image_size)

@@ -195,7 +195,7 @@ def test_rank_adds_the_summary_to_a_folder_without_one(cohort, first_run, tmp_pa
     from OrthoDiffusionLib.cohort import read_manifest, write_manifest
 
     results = tmp_path / "results"
-    shutil.copytree(first_run / "T001", results / "T001")
+    shutil.copytree(first_run, results)  # a cohort output (owned) whose T001 lost its summary
     (results / "T001" / "uncertainty_summary.json").unlink()
     mtime = (results / "T001" / "result.json").stat().st_mtime_ns
     one = write_manifest([r for r in read_manifest(cohort["good"]).rows if r.study_id == "T001"], tmp_path / "one.csv")

@@ -229,7 +229,7 @@ def test_bad_invocation_refused_nothing_written(case, home, ckpt, tiny_config, t
         args, message = ["--name", "x"], "no checkpoint given"
     else:
         args, message = ["--sagittal", ckpt, "--name", "knee-demo", "--config", tiny_config], \
-            "'knee-demo' is a shipped model; choose another --name or pass --force"
+            "--name 'knee-demo' is a shipped model \\(shipped ids are reserved\\); choose another id"
     rc, _, err = _cli(capsys, "import-official", *args)
     last = err.strip().splitlines()[-1]
     assert rc == 2 and "Traceback" not in err
