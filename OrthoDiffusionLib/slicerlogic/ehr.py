@@ -1,22 +1,26 @@
 """Clinical-information inputs of the module -> an EHR record the CLI accepts.
 
 Fields, ranges and vocabularies come from :mod:`OrthoDiffusionLib.ehr_fields` (the list the EHR
-head validates against). In the GUI 0 and "" mean "not given".
+head validates against). "not given" (combo boxes) and the spin boxes' minimum, one below the
+plausible range, mean the field is left out: a spin box cannot skip values, so its range is exactly
+the valid numbers plus that one.
 """
 
 from __future__ import annotations
 
 from ..ehr_fields import EHR_FIELDS, EVENTS, NUMERIC_RANGES, PATIENT_TYPES
 
-SEX_CHOICES = ("", "female", "male")
-PATIENT_TYPE_CHOICES = ("",) + PATIENT_TYPES
-EVENT_CHOICES = ("",) + EVENTS
+NOT_GIVEN = "not given"
+SEX_CHOICES = (NOT_GIVEN, "female", "male")
+PATIENT_TYPE_CHOICES = (NOT_GIVEN,) + PATIENT_TYPES
+EVENT_CHOICES = (NOT_GIVEN,) + EVENTS
 CHOICES = {"sex": SEX_CHOICES, "patient_type": PATIENT_TYPE_CHOICES, "event": EVENT_CHOICES}
 
 
 def spin_box_range(field: str) -> tuple:
-    """Integer spin-box range for a numeric field: 0 ("not given") up to the plausible maximum."""
-    return 0, int(NUMERIC_RANGES[field][1])
+    """Integer spin-box range of a numeric field: (lower bound - 1 = "not given", upper bound)."""
+    lo, hi = NUMERIC_RANGES[field]
+    return int(lo) - 1, int(hi)
 
 
 def ehr_record(values: dict) -> dict | None:
@@ -30,15 +34,17 @@ def ehr_record(values: dict) -> dict | None:
         raise ValueError(f"unknown EHR field(s) {unknown}; the CLI accepts {list(EHR_FIELDS)}")
     record = {}
     for key, value in values.items():
-        if value in (None, "", 0):
+        if value in (None, "", NOT_GIVEN):
             continue
         if key in NUMERIC_RANGES:
+            if value == spin_box_range(key)[0]:
+                continue
             lo, hi = NUMERIC_RANGES[key]
             if not lo <= float(value) <= hi:
                 raise ValueError(f"{key}={value} is outside [{lo:g}, {hi:g}]")
             record[key] = int(value) if float(value).is_integer() else float(value)
         else:
             if value not in CHOICES[key]:
-                raise ValueError(f"{key}={value!r} is not one of {[c for c in CHOICES[key] if c]}")
+                raise ValueError(f"{key}={value!r} is not one of {[c for c in CHOICES[key] if c != NOT_GIVEN]}")
             record[key] = value
     return record or None
