@@ -5,7 +5,6 @@ A result folder holds::
     labels.nrrd              knee-11 label map (uint8) on the reference volume's grid
     segmentation.seg.nrrd    the same labels as a Slicer segmentation (names, colours, terminology)
     uncertainty.nrrd         float32 per-voxel uncertainty, same grid
-    evidence_<KEY>.nrrd      optional float32 evidence heatmap per finding, same grid
     findings.json / .csv     the knee-8 findings (probability, spread, decision, plane weights)
     segmentation.dcm         optional DICOM SEG (``predict --dicom-seg``, DICOM input), files["dicom_seg"]
     result.json              the index; written last, so a folder without it is incomplete
@@ -20,7 +19,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -89,14 +87,10 @@ class CaseResult:
         raise InputError(f"finding '{key}' is not in this result (known: {', '.join(f.key for f in self.findings)})")
 
     def path(self, name: str) -> Path:
-        """Absolute path of a file of a folder read from disk (``labels``, ``evidence_ACL`` ...)."""
+        """Absolute path of a file of a folder read from disk (``labels``, ``uncertainty`` ...)."""
         if self.directory is None or name not in self.files:
             raise InputError(f"result has no file '{name}'")
         return Path(self.directory) / self.files[name]["path"]
-
-    @property
-    def evidence_keys(self) -> list[str]:
-        return [n[len("evidence_"):] for n in self.files if n.startswith("evidence_")]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -254,10 +248,9 @@ def write_seg_nrrd(label_img, path: str | Path, labels: list[dict] | None = None
 # ---------------------------------------------------------------------------------------------
 # folder write / read
 
-_KEY_RE = re.compile(r"^[A-Za-z0-9_]+$")
 
 
-def _check_inputs(result: CaseResult, labels_img, uncertainty_img, evidence: dict) -> None:
+def _check_inputs(result: CaseResult, labels_img, uncertainty_img) -> None:
     import SimpleITK as sitk
 
     if result.reference_plane not in (*PLANES, "3d"):
@@ -266,25 +259,19 @@ def _check_inputs(result: CaseResult, labels_img, uncertainty_img, evidence: dic
     present = set(np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist())
     if not present <= allowed:
         raise InputError(f"label map has values outside knee-11: {sorted(present - allowed)}")
-    for name, img in [("uncertainty", uncertainty_img), *[(f"evidence_{k}", v) for k, v in evidence.items()]]:
-        if img is not None and not _same_grid(labels_img, img):
-            raise InputError(f"{name} is not on the label map's grid ({_grid(img)} vs {_grid(labels_img)})")
-    for k in evidence:
-        if not _KEY_RE.match(k):
-            raise InputError(f"evidence key '{k}' must be letters, digits or '_'")
+    if uncertainty_img is not None and not _same_grid(labels_img, uncertainty_img):
+        raise InputError(f"uncertainty is not on the label map's grid ({_grid(uncertainty_img)} vs {_grid(labels_img)})")
 
 
-def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncertainty=None,
-                        evidence: dict | None = None) -> Path:
+def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncertainty=None) -> Path:
     """Write a complete result folder (SimpleITK images in, atomic files out); returns its path.
 
     ``labels``: knee-11 label image on the reference grid; ``uncertainty``: float image on the same
-    grid (zeros when omitted); ``evidence``: {finding key: float image}. ``result.json`` goes last.
+    grid (zeros when omitted). ``result.json`` goes last.
     """
     import SimpleITK as sitk
 
-    evidence = dict(evidence or {})
-    _check_inputs(result, labels, uncertainty, evidence)
+    _check_inputs(result, labels, uncertainty)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     findings_json = findings_to_json(result)
@@ -297,12 +284,10 @@ def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncerta
     _write_image(labels_u8, out / FILE_NAMES["labels"])
     write_seg_nrrd(labels_u8, out / FILE_NAMES["segmentation"])
     _write_image(sitk.Cast(uncertainty, sitk.sitkFloat32), out / FILE_NAMES["uncertainty"])
-    for key, img in evidence.items():
-        _write_image(sitk.Cast(img, sitk.sitkFloat32), out / f"evidence_{key}.nrrd")
     atomic_write_json(out / FILE_NAMES["findings_json"], findings_json)
     atomic_write_text(out / FILE_NAMES["findings_csv"], findings_to_csv(result))
 
-    names = dict(FILE_NAMES) | {f"evidence_{k}": f"evidence_{k}.nrrd" for k in evidence}
+    names = dict(FILE_NAMES)
     files = {n: {"path": p, "sha256": sha256_file(out / p)} for n, p in names.items()}
     index = {
         "disclaimer": DISCLAIMER,
@@ -385,11 +370,6 @@ def demo_result_folder(out_dir: str | Path, shrink=(4, 4, 1), case_id: str = "de
     edge = la != sitk.GetArrayFromImage(sitk.GrayscaleErode(labels, [1, 1, 1]))
     unc = sitk.GetImageFromArray(np.where(edge, 0.5, 0.05).astype(np.float32))
     unc.CopyInformation(labels)
-    zz, yy, xx = np.indices(la.shape)
-    k, j, i = (np.argwhere(la == 1).mean(axis=0) if (la == 1).any() else np.array(la.shape) / 2)
-    blob = np.exp(-(((zz - k) / 3) ** 2 + ((yy - j) / 8) ** 2 + ((xx - i) / 8) ** 2)).astype(np.float32)
-    ev = sitk.GetImageFromArray(blob)
-    ev.CopyInformation(labels)
 
     names = {lab_["key"]: lab_["name"] for lab_ in load_label_set(FINDINGS_LABEL_SET).labels}
     probs = [0.82, 0.07, 0.55, 0.12, 0.30, 0.05, 0.02, 0.64]
@@ -402,4 +382,4 @@ def demo_result_folder(out_dir: str | Path, shrink=(4, 4, 1), case_id: str = "de
                         findings=findings, model={"id": "demo", "version": "0.0.0"}, head_version="demo",
                         provenance={"demo": True, "note": "built from shipped sample data, not a model output"},
                         timings={"total_s": 0.0})
-    return write_result_folder(result, labels, out_dir, uncertainty=unc, evidence={"ACL": ev})
+    return write_result_folder(result, labels, out_dir, uncertainty=unc)

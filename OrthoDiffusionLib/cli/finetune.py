@@ -36,6 +36,14 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def job_from_args(args):
+    from ..pipeline.config import FinetuneJob
+
+    return FinetuneJob(model=args.model, corrections=args.corrections, cases=list(args.cases), replay=args.replay,
+                       replay_weight=args.replay_weight, epochs=args.epochs, seed=args.seed, lr=args.lr,
+                       device=args.device, cache=args.cache)
+
+
 def _print_versions(info: dict) -> None:
     from ..pipeline.versions import fmt_metric
 
@@ -86,11 +94,7 @@ def _run(args) -> int:
         if args.json:
             print(json.dumps(res))
         return 0
-    from ..pipeline.config import FinetuneJob
-
-    job = FinetuneJob(model=args.model, corrections=args.corrections, cases=list(args.cases), replay=args.replay,
-                      replay_weight=args.replay_weight, epochs=args.epochs, seed=args.seed, lr=args.lr,
-                      device=args.device, cache=args.cache)
+    job = job_from_args(args)
     summary = ft.finetune(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
     _print_summary(summary)
     if args.json:

@@ -25,14 +25,10 @@ from torch import nn
 from ..errors import UserError
 from .registry import register_head
 
-NUMERIC_FIELDS = ("age", "height_cm", "weight_kg")
-# Plausible ranges; values outside are almost always unit or typing errors (e.g. height in m).
-NUMERIC_RANGES = {"age": (0.0, 120.0), "height_cm": (30.0, 250.0), "weight_kg": (1.0, 400.0)}
+from ..ehr_fields import (CATEGORICAL_FIELDS, EHR_FIELDS, NUMERIC_FIELDS, NUMERIC_RANGES,  # noqa: F401
+                          SEX_UNKNOWN, SEX_VALUES)
+
 DEFAULT_STATS = {"age": (45.0, 15.0), "height_cm": (170.0, 10.0), "weight_kg": (75.0, 15.0)}
-CATEGORICAL_FIELDS = ("sex", "patient_type", "event")
-EHR_FIELDS = NUMERIC_FIELDS + CATEGORICAL_FIELDS
-SEX_VALUES = {"f": 1, "female": 1, "w": 1, "woman": 1, "m": 2, "male": 2, "man": 2}
-SEX_UNKNOWN = {"u", "unknown", "o", "other", "x"}
 
 
 def _missing(value: Any) -> bool:

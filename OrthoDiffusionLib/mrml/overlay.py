@@ -1,7 +1,8 @@
-"""Plane-weight cues for the slice views and the evidence heatmap volume.
+"""Plane-weight cues for the slice views: which plane drove a finding, as text in each view.
 
-The text/colour functions are pure (result + slice node in, strings/RGB out), so the widget only
-copies them into the views' corner annotations.
+The text/colour functions are pure (result + slice node in, strings/RGB out). :func:`cue_actor`
+builds the view's own text actor: DataProbe rewrites the slice views' corner annotation on every
+slice event, so the cue must not live there.
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import numpy as np
 
 from ..results import CaseResult
 from .planes import slice_view_plane
-from .volumes import load_volume, same_geometry
 
 # Viridis control points (matplotlib's perceptually uniform map, sampled at 0, 0.125, ..., 1)
 _VIRIDIS = np.array([
@@ -21,7 +21,6 @@ _VIRIDIS = np.array([
     [0.134692, 0.658636, 0.517649], [0.266941, 0.748751, 0.440573], [0.477504, 0.821444, 0.318195],
     [0.741388, 0.873449, 0.149561], [0.993248, 0.906157, 0.143936]])
 _STOPS = np.linspace(0.0, 1.0, len(_VIRIDIS))
-EVIDENCE_COLOR_TABLE = "OrthoDiffusion Viridis"
 
 
 def viridis(value: float) -> tuple[float, float, float]:
@@ -54,35 +53,20 @@ def view_cues(result: CaseResult, finding_key: str, slice_nodes) -> list[ViewCue
     return [view_cue(result, finding_key, sn) for sn in slice_nodes]
 
 
-def evidence_color_table(scene):
-    """A 256-entry viridis colour table node (shared per scene) for evidence heatmaps."""
-    for i in range(scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode")):
-        node = scene.GetNthNodeByClass(i, "vtkMRMLColorTableNode")
-        if node.GetName() == EVIDENCE_COLOR_TABLE:
-            return node
-    ct = scene.AddNewNodeByClass("vtkMRMLColorTableNode", EVIDENCE_COLOR_TABLE)
-    ct.SetTypeToUser()
-    ct.SetNumberOfColors(256)
-    for i in range(256):
-        ct.SetColor(i, *viridis(i / 255.0), 1.0)
-    return ct
+CUE_ACTOR_ATTRIBUTE = "OrthoDiffusionPlaneWeightCue"  # lets the module find and remove its actors
 
 
-def load_evidence_volume(scene, result: CaseResult, finding_key: str, reference_volume=None):
-    """Scalar volume of ``evidence_<KEY>.nrrd`` with the viridis table and a 0..max window.
+def cue_actor(cue: ViewCue, actor=None):
+    """A ``vtkCornerAnnotation`` of our own (lower-right corner, which DataProbe leaves empty) showing
+    the cue in its viridis colour plus the research-use note; re-used when ``actor`` is given."""
+    import vtk
 
-    Show it as foreground in Slicer (``slicer.util.setSliceViewerLayers(foreground=node,
-    foregroundOpacity=0.4)``). Raises if the file's grid differs from ``reference_volume``.
-    """
-    key = result.finding(finding_key).key
-    node = load_volume(scene, result.path(f"evidence_{key}"), name=f"{result.case_id} {key} evidence")
-    if reference_volume is not None and not same_geometry(node, reference_volume):
-        raise ValueError(f"evidence_{key}.nrrd is not on the reference volume's grid")
-    disp = node.GetDisplayNode()
-    disp.SetAndObserveColorNodeID(evidence_color_table(scene).GetID())
-    lo, hi = node.GetImageData().GetScalarRange()
-    disp.SetAutoWindowLevel(False)
-    disp.SetWindowLevelMinMax(lo, hi if hi > lo else lo + 1.0)
-    node.SetAttribute("OrthoDiffusion.Finding", key)
-    node.SetAttribute("OrthoDiffusion.CaseId", result.case_id)
-    return node
+    from .. import DISCLAIMER
+
+    actor = actor or vtk.vtkCornerAnnotation()
+    actor.SetText(vtk.vtkCornerAnnotation.LowerRight, f"{cue.text}\n{DISCLAIMER}")
+    actor.GetTextProperty().SetColor(*cue.rgb)
+    actor.GetTextProperty().SetShadow(True)
+    actor.SetMaximumFontSize(14)
+    actor.SetObjectName(CUE_ACTOR_ATTRIBUTE)
+    return actor

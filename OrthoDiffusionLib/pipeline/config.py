@@ -73,7 +73,6 @@ class PredictJob:
     ehr: dict | None = None
     reformat: bool | None = None
     echo: int | None = None
-    evidence: bool = False
     heads_version: str | None = None
     cache: str | None = None
     no_cache: bool = False
@@ -95,6 +94,13 @@ class PredictJob:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def to_argv(self) -> list:
+        """``orthodiffusion`` arguments that rebuild this job (``cli.predict.job_from_args``);
+        only fields that differ from the defaults are written, so the CLI's defaults apply."""
+        from ..job_argv import job_argv
+
+        return ["predict", *self.inputs, *job_argv(self, PREDICT_FLAGS, skip=("inputs",))]
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictJob":
@@ -127,6 +133,22 @@ class FinetuneJob:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_argv(self) -> list:
+        """``orthodiffusion`` arguments that rebuild this job (``cli.finetune.job_from_args``)."""
+        from ..job_argv import job_argv
+
+        return ["finetune", *job_argv(self, FINETUNE_FLAGS)]
+
     @classmethod
     def from_dict(cls, data: dict) -> "FinetuneJob":
         return _from_dict(cls, data)
+
+
+# Job field -> CLI flag (the CLI parsers in cli/predict.py and cli/finetune.py own the spelling).
+PREDICT_FLAGS = {"out": "--out", "model": "--model", "device": "--device", "draws": "--draws", "seed": "--seed",
+                 "reference": "--reference", "ehr": "--ehr", "reformat": ("--reformat", "--no-reformat"),
+                 "echo": "--echo", "heads_version": "--heads-version", "cache": "--cache", "no_cache": "--no-cache",
+                 "case_id": "--case-id", "max_voxels": "--max-voxels", "max_memory_gb": "--max-memory"}
+FINETUNE_FLAGS = {"model": "--model", "corrections": "--corrections", "cases": "--case", "replay": "--replay",
+                  "replay_weight": "--replay-weight", "epochs": "--epochs", "seed": "--seed", "lr": "--lr",
+                  "device": "--device", "cache": "--cache"}

@@ -1,4 +1,4 @@
-"""Findings table, plane-weight chart, slice-view cues, evidence volume and plane detection (slicer-core)."""
+"""Findings table, plane-weight chart, slice-view cues (and their own text actor) and plane detection (slicer-core)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ vtk = pytest.importorskip("vtk")
 
 from OrthoDiffusionLib.mrml.findings import TABLE_COLUMNS, findings_table, plane_weight_chart  # noqa: E402
 from OrthoDiffusionLib.mrml.headless import headless_scene  # noqa: E402
-from OrthoDiffusionLib.mrml.overlay import load_evidence_volume, view_cue, view_cues, viridis  # noqa: E402
+from OrthoDiffusionLib.mrml.overlay import CUE_ACTOR_ATTRIBUTE, cue_actor, view_cue, view_cues, viridis  # noqa: E402
 from OrthoDiffusionLib.mrml.planes import assign_planes, slice_view_plane, volume_plane  # noqa: E402
 from OrthoDiffusionLib.mrml.volumes import ijk_to_ras, load_volume, same_geometry  # noqa: E402
 from OrthoDiffusionLib.results import read_result_folder  # noqa: E402
@@ -84,16 +84,19 @@ def test_view_cues_follow_slice_orientation(scene, demo):
     assert all(a < b for a, b in zip(lum, lum[1:]))
 
 
-def test_evidence_volume_geometry_and_colours(scene, demo):
-    result, ref_path = demo
-    ref = load_volume(scene, ref_path, "ref")
-    ev = load_evidence_volume(scene, result, "acl", ref)
-    assert same_geometry(ev, ref)
-    assert ev.GetDisplayNode().GetColorNode().GetName() == "OrthoDiffusion Viridis"
-    file_max = sitk.GetArrayFromImage(sitk.ReadImage(str(result.path("evidence_ACL")))).max()
-    assert ev.GetImageData().GetScalarRange()[1] == pytest.approx(float(file_max))
-    with pytest.raises(Exception):
-        load_evidence_volume(scene, result, "PCL", ref)  # no evidence file for PCL
+def test_cue_actor_is_a_separate_corner_annotation(scene, demo):
+    """DataProbe rewrites the view's own corner annotation; the cue is an actor of its own."""
+    result, _ = demo
+    red = _slice_nodes(scene)[0]
+    cue = view_cue(result, "ACL", red)
+    actor = cue_actor(cue)
+    assert isinstance(actor, vtk.vtkCornerAnnotation) and actor.GetObjectName() == CUE_ACTOR_ATTRIBUTE
+    text = actor.GetText(vtk.vtkCornerAnnotation.LowerRight)
+    assert text.startswith(cue.text) and "not for clinical decisions" in text
+    assert actor.GetTextProperty().GetColor() == pytest.approx(cue.rgb)
+    for corner in (0, 2, 3):  # DataProbe's corners stay untouched
+        assert not actor.GetText(corner)
+    assert cue_actor(view_cue(result, "PD", red), actor) is actor  # re-used, not piled up
 
 
 def _volume(scene, spacing, direction_cols):

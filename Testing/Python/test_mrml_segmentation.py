@@ -148,6 +148,6 @@ def test_case_folder_is_next_to_input(env):
     folder = nodes.folder_item
     assert sh.GetItemName(folder) == "OrthoDiffusion demo-knee"
     assert sh.GetItemParent(folder) == sh.GetItemParent(sh.GetItemByDataNode(ref))
-    for node in (nodes.segmentation, nodes.table, nodes.chart, nodes.evidence["ACL"]):
+    for node in (nodes.segmentation, nodes.table, nodes.chart):
         assert sh.GetItemParent(sh.GetItemByDataNode(node)) == folder
     assert case_folder(scene, ref, "demo-knee") == folder  # found again, not duplicated

@@ -23,8 +23,8 @@ def demo(tmp_path_factory):
 def test_folder_has_every_file_and_validates(demo):
     r = read_result_folder(demo, verify=True)
     assert r.case_id == "demo-knee" and r.reference_plane == "sagittal"
-    assert {"labels", "segmentation", "uncertainty", "findings_json", "findings_csv", "evidence_ACL"} == set(r.files)
-    assert r.evidence_keys == ["ACL"]
+    assert {"labels", "segmentation", "uncertainty", "findings_json", "findings_csv"} == set(r.files)
+    assert not list(demo.glob("evidence_*"))  # evidence maps are not part of the format (predict makes none)
     assert [f.key for f in r.findings] == ["ACL", "PCL", "MM", "LM", "MCL", "LCL", "PD", "EFFU"]
     acl = r.finding("acl")
     assert acl.decision and acl.weight("sagittal") == pytest.approx(0.62) and acl.dominant_plane() == "sagittal"
@@ -38,12 +38,9 @@ def test_folder_has_every_file_and_validates(demo):
 def test_images_share_the_reference_grid_and_types(demo):
     lab = sitk.ReadImage(str(demo / "labels.nrrd"))
     unc = sitk.ReadImage(str(demo / "uncertainty.nrrd"))
-    ev = sitk.ReadImage(str(demo / "evidence_ACL.nrrd"))
     assert lab.GetPixelID() == sitk.sitkUInt8 and unc.GetPixelID() == sitk.sitkFloat32
-    assert ev.GetPixelID() == sitk.sitkFloat32
-    for img in (unc, ev):
-        assert img.GetSize() == lab.GetSize()
-        assert np.allclose(img.GetDirection(), lab.GetDirection()) and np.allclose(img.GetOrigin(), lab.GetOrigin())
+    assert unc.GetSize() == lab.GetSize()
+    assert np.allclose(unc.GetDirection(), lab.GetDirection()) and np.allclose(unc.GetOrigin(), lab.GetOrigin())
     values = set(np.unique(sitk.GetArrayViewFromImage(lab)).tolist())
     assert values == {0, *DEMO_REMAP.values()}  # real anatomy survived the shrink
     assert lab.GetMetaData("OrthoDiffusion_Disclaimer") == DISCLAIMER

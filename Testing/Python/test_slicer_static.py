@@ -39,7 +39,9 @@ def test_module_parses_and_has_the_four_classes():
     assert "ScriptedLoadableModuleTest" in classes["OrthoDiffusionTest"]
     text = MODULE.read_text(encoding="utf-8")
     assert "Segmentation" in text and "DISCLAIMER" in text and "tryWithErrorDisplay" in text
-    assert "pip_install(\"torch" not in text and "SimpleITK" not in text.split("REQUIREMENTS = ")[1].split("\n")[0]
+    # torch only through PyTorchUtils; no psutil (Slicer lacks it); exportNode, never saveNode (re-points the volume)
+    assert "pip_install(\"torch" not in text and "psutil" not in text and "saveNode" not in text
+    assert "exportNode" in text and "indication" not in text
 
 
 def _ui_names() -> dict[str, str]:

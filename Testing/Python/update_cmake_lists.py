@@ -3,8 +3,9 @@
     python Testing/Python/update_cmake_lists.py          # rewrite the lists
     python Testing/Python/update_cmake_lists.py --check  # exit 1 if they are stale
 
-Lists every .py of OrthoDiffusionLib/ (and OrthoDiffusion/ besides the module file) and every file
-under Resources/, as paths relative to OrthoDiffusion/; files git ignores are left out.
+Lists every .py of OrthoDiffusionLib/ and every file under Resources/, as paths relative to the
+repository root (the SOURCE_DIR of the library's ctkMacroCompilePythonScript call); files git
+ignores are left out.
 """
 
 from __future__ import annotations
@@ -32,11 +33,10 @@ def _tracked(*folders: str) -> list[Path]:
 
 
 def expected() -> dict[str, list[str]]:
-    scripts = [p for p in _tracked("OrthoDiffusionLib", "OrthoDiffusion") if p.suffix == ".py"
-               and p.name != "OrthoDiffusion.py"]
+    """Paths relative to the repository root (the library target's SOURCE_DIR)."""
+    scripts = [p for p in _tracked("OrthoDiffusionLib") if p.suffix == ".py"]
     resources = _tracked("Resources")
-    rel = lambda p: Path("..", p.relative_to(REPO)).as_posix() if p.parts[len(REPO.parts)] != "OrthoDiffusion" \
-        else p.relative_to(REPO / "OrthoDiffusion").as_posix()
+    rel = lambda p: p.relative_to(REPO).as_posix()  # noqa: E731
     return {"SCRIPTS": [rel(p) for p in scripts], "RESOURCES": [rel(p) for p in resources]}
 
 
