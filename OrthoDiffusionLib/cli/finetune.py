@@ -29,6 +29,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu", help="cpu (default), auto or cuda")
     p.add_argument("--cache", default=None, help="feature cache folder (default: the one the prediction used)")
+    p.add_argument("--accept-worse", action="store_true",
+                   help="make the new version current even when it is worse than its parent on the corrected cases "
+                        "or the replay sample (default: it is saved but the parent stays current)")
     p.add_argument("--list", action="store_true", help="list head versions (parent, created, metrics) and exit")
     p.add_argument("--rollback", default=None, metavar="VERSION", help="make VERSION current again and exit")
     p.add_argument("--json", action="store_true", help="also print the result as one JSON line (last line)")
@@ -41,7 +44,7 @@ def job_from_args(args):
 
     return FinetuneJob(model=args.model, corrections=args.corrections, cases=list(args.cases), replay=args.replay,
                        replay_weight=args.replay_weight, epochs=args.epochs, seed=args.seed, lr=args.lr,
-                       device=args.device, cache=args.cache)
+                       device=args.device, cache=args.cache, accept_worse=args.accept_worse)
 
 
 def _print_versions(info: dict) -> None:
@@ -66,8 +69,12 @@ def _print_summary(s: dict) -> None:
     lines = finetune_summary_lines(s)
     for line in lines[:-1]:
         print(line)
-    print(f"stored in {s['store']}; roll back with: orthodiffusion finetune --model {s['model']['id']} "
-          f"--rollback {s['parent']}  [{lines[-1]}]")
+    if (s.get("guard") or {}).get("made_current", True):
+        print(f"stored in {s['store']}; roll back with: orthodiffusion finetune --model {s['model']['id']} "
+              f"--rollback {s['parent']}  [{lines[-1]}]")
+    else:
+        print(f"stored in {s['store']}, NOT current ({s['parent']} stays current); to use it anyway: orthodiffusion "
+              f"finetune --model {s['model']['id']} --rollback {s['version']}  [{lines[-1]}]")
 
 
 def _run(args) -> int:

@@ -119,6 +119,7 @@ class FinetuneJob:
     lr: float = 1e-2                     # output layers only (decoder classifier, expert linears, gate)
     device: str = "cpu"
     cache: str | None = None             # feature cache; default: the one the prediction used
+    accept_worse: bool = False           # make the new version current even when it is worse than its parent
 
     def validate(self) -> None:
         if self.replay < 0:
@@ -151,4 +152,4 @@ PREDICT_FLAGS = {"out": "--out", "model": "--model", "device": "--device", "draw
                  "case_id": "--case-id", "max_voxels": "--max-voxels", "max_memory_gb": "--max-memory"}
 FINETUNE_FLAGS = {"model": "--model", "corrections": "--corrections", "cases": "--case", "replay": "--replay",
                   "replay_weight": "--replay-weight", "epochs": "--epochs", "seed": "--seed", "lr": "--lr",
-                  "device": "--device", "cache": "--cache"}
+                  "device": "--device", "cache": "--cache", "accept_worse": "--accept-worse"}

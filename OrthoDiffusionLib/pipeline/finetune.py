@@ -551,14 +551,61 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
             "warnings": warnings,
             "software": {"orthodiffusion": __version__, "torch": torch.__version__},
         }
+        summary["guard"] = guard = compare_with_parent(summary["cases"], history, finding_keys, cases)
+        guard["made_current"] = bool(job.accept_worse or not guard["worse"])
+        if guard["worse"]:
+            warnings.append("the new version is worse than its parent (" + "; ".join(guard["worse"]) + "): "
+                            + ("made current anyway (--accept-worse)" if job.accept_worse else
+                               "saved, but the parent stays current (--accept-worse, or a rollback to it, uses it)"))
         new_manifest = {**_base_manifest(manifest), "finetune": summary}
         files = {REPLAY_FILE: replay_path} if replay_path is not None else None
-        version = user_store.save(new_heads, new_manifest, parent=parent, files=files)
+        version = user_store.save(new_heads, new_manifest, parent=parent, files=files,
+                                  make_current=guard["made_current"])
     stages = timer.finish()
     summary.update(version=version, parent=parent, store=str(user_store.root),
                    seconds=round(time.perf_counter() - t_start, 2),
                    stages={k: v["seconds"] for k, v in stages.items()})
     return summary
+
+
+# A fine-tune is "worse" when a score drops by more than this (Dice points, or binary cross-entropy
+# of the corrected findings): smaller moves are noise of a 40-step fine-tune on a few cases.
+WORSE_TOLERANCE = 0.005
+
+
+def _mean(values) -> float | None:
+    values = [v for v in values if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def compare_with_parent(case_metrics: dict, history: dict, finding_keys, cases) -> dict:
+    """Scores of the new version against its parent: mean Dice on the corrected cases and on the
+    replay sample, and the cross-entropy of the corrected findings; ``worse`` lists what dropped."""
+    seg = (history.get("segmentation") or {})
+    dice = [_mean(m.get("mean_dice_before") for m in case_metrics.values()),
+            _mean(m.get("mean_dice_after") for m in case_metrics.values())]
+    replay = [seg.get("replay_mean_dice_before"), seg.get("replay_mean_dice_after")]
+    bce = [None, None]
+    pairs = [(c.finding_labels, c.metrics) for c in cases if not np.isnan(c.finding_labels).all()]
+    if pairs:
+        def ce(which):
+            eps = 1e-6
+            vals = []
+            for y, m in pairs:
+                p = np.clip(m[which], eps, 1 - eps)
+                known = ~np.isnan(y)
+                vals += list(-(y[known] * np.log(p[known]) + (1 - y[known]) * np.log(1 - p[known])))
+            return float(np.mean(vals))
+        bce = [ce("probabilities_before"), ce("probabilities_after")]
+    worse = []
+    if None not in dice and dice[1] < dice[0] - WORSE_TOLERANCE:
+        worse.append(f"corrected cases' mean Dice {dice[0]:.3f} → {dice[1]:.3f}")
+    if None not in replay and replay[1] < replay[0] - WORSE_TOLERANCE:
+        worse.append(f"replay sample mean Dice {replay[0]:.3f} → {replay[1]:.3f}")
+    if None not in bce and bce[1] > bce[0] + WORSE_TOLERANCE:
+        worse.append(f"corrected findings' cross-entropy {bce[0]:.3f} → {bce[1]:.3f}")
+    return {"corrected_mean_dice": dice, "replay_mean_dice": replay, "corrected_findings_bce": bce,
+            "tolerance": WORSE_TOLERANCE, "worse": worse}
 
 
 def _case_metrics(c: CorrectedCase, keys) -> dict:

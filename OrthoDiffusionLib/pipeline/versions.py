@@ -58,16 +58,19 @@ def head_versions(model: str) -> dict:
 
 
 def latest_finetune(model: str) -> dict | None:
-    """The ``finetune`` record of the user's current head version (None if it is not a fine-tune)."""
+    """The ``finetune`` record of the user's newest head version (None if it is not a fine-tune);
+    ``current`` says whether it is in use (a version worse than its parent is saved, not made current)."""
     from .catalogue import get_model
 
     user = Path(get_model(model).heads_for_write())
-    _, current = _store_versions(user)
-    if current is None:
+    versions, current = _store_versions(user)
+    if not versions:
         return None
-    manifest = read_json(user / "versions" / current / "manifest.json")
+    newest = versions[-1]
+    manifest = read_json(user / "versions" / newest / "manifest.json")
     record = manifest.get("finetune")
-    return {**record, "version": current, "parent": manifest.get("parent")} if record else None
+    return {**record, "version": newest, "parent": manifest.get("parent"), "current": newest == current} \
+        if record else None
 
 
 def fmt_metric(v) -> str:
@@ -96,6 +99,13 @@ def finetune_summary_lines(s: dict) -> list[str]:
     if h.get("replay_mean_dice_before") is not None:
         lines.append(f"  replay sample mean Dice {fmt_metric(h['replay_mean_dice_before'])} → "
                      f"{fmt_metric(h['replay_mean_dice_after'])}")
-    lines += [f"warning: {w}" for w in s.get("warnings", [])]
+    guard = s.get("guard") or {}
+    if guard.get("worse"):
+        lines.append(("made current although worse than its parent: " if guard.get("made_current") else
+                      f"NOT made current ({s.get('parent')} stays in use): worse than its parent: ")
+                     + "; ".join(guard["worse"]))
+    elif s.get("current") is False:
+        lines.append("not current: another head version is in use (rolled back)")
+    lines += [f"warning: {w}" for w in s.get("warnings", []) if "worse than its parent" not in w]
     lines.append(DISCLAIMER)
     return lines

@@ -209,3 +209,20 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
     files = user.manifest(s["version"])["files"]
     assert files[REPLAY_FILE]["sha256"] == user.manifest(base)["files"][REPLAY_FILE]["sha256"]
     assert _tree_sha(SHIPPED_HEADS) == loop.shipped_before
+
+    # the fine-tune guard: this version lowers the replay Dice (the replay pulls against the
+    # correction), so it is saved but its parent stays current; --accept-worse makes it current
+    guard = s["guard"]
+    assert guard["replay_mean_dice"] == [hist["replay_mean_dice_before"], hist["replay_mean_dice_after"]]
+    assert any("replay sample mean Dice" in w for w in guard["worse"]) and guard["made_current"] is False
+    assert user.current() == base and s["version"] in user.list_versions()
+    from OrthoDiffusionLib.pipeline.versions import finetune_summary_lines, latest_finetune
+
+    record = latest_finetune("knee-demo")
+    assert record["version"] == s["version"] and record["current"] is False
+    assert any(line.startswith("NOT made current") for line in finetune_summary_lines(record))
+    forced, text = _run_json(capsys, ["finetune", "--model", "knee-demo", "--json", "--quiet", "--replay", "2",
+                                      "--accept-worse"])
+    assert forced["guard"]["worse"] and forced["guard"]["made_current"] and user.current() == forced["version"]
+    assert "made current anyway (--accept-worse)" in " ".join(forced["warnings"])
+    _run_json(capsys, ["finetune", "--model", "knee-demo", "--rollback", base, "--json"])

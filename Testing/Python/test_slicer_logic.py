@@ -136,7 +136,7 @@ def test_correction_finetune_and_reload(loop):
     assert (_labels(loop.tuned["dir"]) == patella).sum() < (_labels(loop.first["dir"]) == patella).sum()
     assert loop.tuned["nodes"].segmentation is not loop.first["nodes"].segmentation
     assert "mean Dice" in loop.tuned["summary"] and "not for clinical decisions" in loop.tuned["summary"]
-    assert latest_finetune(MODEL) is None  # after the rollback the current version is the copy again
+    assert latest_finetune(MODEL)["current"] is False  # after the rollback the copy is current again
 
 
 def test_rollback_restores_the_first_outputs(loop):
