@@ -31,9 +31,9 @@ def _setup(home: Path) -> None:
     import numpy as np
     import SimpleITK as sitk
 
-    from OrthoDiffusionLib.corrections import CorrectionsStore, prediction_record
-    from OrthoDiffusionLib.pipeline.config import PredictJob
-    from OrthoDiffusionLib.pipeline.predict import predict_study
+    from OrthoDiffusionLib.results.corrections import CorrectionsStore, prediction_record
+    from OrthoDiffusionLib.jobs import PredictJob
+    from OrthoDiffusionLib.inference.predict import predict_study
     from OrthoDiffusionLib.resources import sample_knee_path
 
     out = home / "pred"

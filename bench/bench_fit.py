@@ -44,7 +44,7 @@ def main() -> int:
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     args = ap.parse_args()
 
-    from OrthoDiffusionLib.cohort import read_manifest, write_manifest
+    from OrthoDiffusionLib.io.manifest import read_manifest, write_manifest
 
     manifest = read_manifest(args.cohort)
     rows = manifest.rows

@@ -37,8 +37,8 @@ t_start = time.perf_counter()
 import json, resource, sys
 import torch
 torch.set_num_threads(int(sys.argv[3]))
-from OrthoDiffusionLib.pipeline.config import PredictJob
-from OrthoDiffusionLib.pipeline.predict import predict_study
+from OrthoDiffusionLib.jobs import PredictJob
+from OrthoDiffusionLib.inference.predict import predict_study
 from OrthoDiffusionLib.resources import sample_knee_path
 t_import = time.perf_counter() - t_start
 model, out, _, draws = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
@@ -90,7 +90,7 @@ def make_released_model(folder: Path) -> Path:
     from OrthoDiffusionLib.heads.registry import build_head
     from OrthoDiffusionLib.heads.store import save_head_set
     from OrthoDiffusionLib.labelsets import load_label_set
-    from OrthoDiffusionLib.pipeline.testing import make_standin_model
+    from standins import make_standin_model
     from OrthoDiffusionLib.storage import atomic_write_json, read_json
     from OrthoDiffusionLib.training.presets import PRESETS
 

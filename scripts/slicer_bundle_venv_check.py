@@ -56,7 +56,7 @@ def main(work: Path) -> int:
     import SimpleITK as sitk
 
     os.environ["ORTHODIFFUSION_HOME"] = env["ORTHODIFFUSION_HOME"]
-    from OrthoDiffusionLib.corrections import CorrectionsStore, prediction_record
+    from OrthoDiffusionLib.results.corrections import CorrectionsStore, prediction_record
 
     labels = sitk.ReadImage(str(first / "labels.nrrd"))
     arr = sitk.GetArrayFromImage(labels)

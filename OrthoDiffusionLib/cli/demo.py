@@ -22,9 +22,9 @@ def run_demo(out="demo-output", model="knee-demo", device="cpu", draws=None, log
     from pathlib import Path
 
     from ..ownership import claim_folder, record_files
-    from ..pipeline.config import PredictJob
-    from ..pipeline.predict import predict_study
-    from ..pipeline.report import write_report
+    from ..jobs import PredictJob
+    from ..inference.predict import predict_study
+    from ..reports.case import write_report
     from ..resources import sample_knee_path
 
     t0 = time.perf_counter()

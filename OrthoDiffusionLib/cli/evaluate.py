@@ -36,9 +36,9 @@ def _predict_first(args) -> str:
     import tempfile
     from pathlib import Path
 
-    from ..cohort import read_manifest, write_manifest
+    from ..io.manifest import read_manifest, write_manifest
     from ..errors import InputError
-    from ..pipeline.cohort_predict import predict_cohort
+    from ..inference.cohort import predict_cohort
     from .main import build_parser
 
     from ..ownership import claim_folder

@@ -1,6 +1,6 @@
 """``orthodiffusion finetune``: corrections → a new head-set version; ``--list`` versions;
 ``--rollback VERSION``. Stage tags for the Slicer module: [loading] [features] [finetune] [writing].
-The work is in ``pipeline.finetune``."""
+The work is in ``adapt.finetune``."""
 
 from __future__ import annotations
 
@@ -40,7 +40,7 @@ def register(sub) -> None:
 
 
 def job_from_args(args):
-    from ..pipeline.config import FinetuneJob
+    from ..jobs import FinetuneJob
 
     return FinetuneJob(model=args.model, corrections=args.corrections, cases=list(args.cases), replay=args.replay,
                        replay_weight=args.replay_weight, epochs=args.epochs, seed=args.seed, lr=args.lr,
@@ -48,7 +48,7 @@ def job_from_args(args):
 
 
 def _print_versions(info: dict) -> None:
-    from ..pipeline.versions import fmt_metric
+    from ..models.versions import fmt_metric
 
     print(f"head versions of {info['model']} in {info['store']}"
           + ("" if info["user_store"] else " (the model's own; no fine-tuned versions yet)"))
@@ -64,7 +64,7 @@ def _print_versions(info: dict) -> None:
 
 
 def _print_summary(s: dict) -> None:
-    from ..pipeline.versions import finetune_summary_lines
+    from ..models.versions import finetune_summary_lines
 
     lines = finetune_summary_lines(s)
     for line in lines[:-1]:
@@ -84,7 +84,7 @@ def _run(args) -> int:
     if args.list and args.rollback:
         raise UserError("give either --list or --rollback, not both")
     if args.list:
-        from ..pipeline.versions import head_versions
+        from ..models.versions import head_versions
 
         info = head_versions(args.model)
         _print_versions(info)
@@ -92,7 +92,7 @@ def _run(args) -> int:
         if args.json:
             print(json.dumps(info))
         return 0
-    from ..pipeline import finetune as ft  # torch: not needed for --list
+    from ..adapt import finetune as ft  # torch: not needed for --list
 
     if args.rollback:
         res = ft.rollback(args.model, args.rollback)

@@ -34,8 +34,8 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from .. import DISCLAIMER
-    from ..pipeline.config import FitJob
-    from ..pipeline.fitting import fit_heads
+    from ..jobs import FitJob
+    from ..adapt.fit import fit_heads
 
     job = FitJob(manifest=args.manifest, model=args.model, task=args.task, label_fraction=args.label_fraction,
                  folds=args.folds, seed=args.seed, out=args.out, cache=args.cache, device=args.device,

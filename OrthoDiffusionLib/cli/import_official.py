@@ -37,7 +37,7 @@ def register(sub) -> None:
 
 def _run(args) -> int:
     from .. import DISCLAIMER
-    from ..pipeline.import_official import import_official
+    from ..models.import_official import import_official
 
     checkpoints = {p: getattr(args, p) for p in PLANES if getattr(args, p)}
     features = {p: {"timestep": getattr(args, f"{p}_timestep"), "block": getattr(args, f"{p}_block")}

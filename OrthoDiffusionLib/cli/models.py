@@ -29,7 +29,7 @@ def _list(args) -> int:
 
     from .. import DISCLAIMER
     from ..heads import HeadStore
-    from ..pipeline.catalogue import list_models
+    from ..models.catalogue import list_models
 
     rows = []
     for m in list_models():
@@ -49,7 +49,7 @@ def _list(args) -> int:
 
 
 def _verify(args) -> int:
-    from ..pipeline.catalogue import get_model, list_models, verify_model
+    from ..models.catalogue import get_model, list_models, verify_model
 
     models = [get_model(args.id)] if args.id else list_models()
     bad = 0
@@ -70,7 +70,7 @@ def _verify(args) -> int:
 
 
 def _install(args) -> int:
-    from ..pipeline.catalogue import install_model
+    from ..models.catalogue import install_model
 
     m = install_model(args.path, force=args.force, log=print)
     print(f"installed {m.id} {m.version} into {m.root}")

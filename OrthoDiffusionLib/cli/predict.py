@@ -57,7 +57,7 @@ def register(sub) -> None:
 
 def job_from_args(args):
     from ..errors import UserError
-    from ..pipeline.config import PredictJob
+    from ..jobs import PredictJob
 
     inputs = list(args.study)
     inputs += [getattr(args, p) for p in ("sagittal", "coronal", "axial") if getattr(args, p)]
@@ -94,16 +94,16 @@ def _print_summary(pred) -> None:
 
 def _run(args) -> int:
     if args.manifest:
-        from ..pipeline.cohort_predict import predict_cohort
+        from ..inference.cohort import predict_cohort
 
         if args.dicom_seg or args.anonymize or args.pseudonym or args.anonymize_salt:
             from ..errors import UserError
 
             raise UserError("--dicom-seg/--anonymize apply to one study for now; run predict per study for them")
         return predict_cohort(args)
-    from ..pipeline.predict import predict_study
+    from ..inference.predict import predict_study
 
-    from ..pipeline.exports import export_case
+    from ..results.exports import export_case
 
     job = job_from_args(args)
 

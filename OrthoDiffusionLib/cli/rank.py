@@ -31,8 +31,8 @@ def register(sub) -> None:
 def _run(args) -> int:
     from .. import DISCLAIMER
     from ..errors import UserError
-    from ..pipeline.cohort_predict import settings_from_args
-    from ..pipeline.rank import SCORE_COMPONENTS, rank_cohort
+    from ..inference.cohort import settings_from_args
+    from ..inference.rank import SCORE_COMPONENTS, rank_cohort
 
     if args.draws < 2:
         raise UserError(f"--draws must be ≥ 2 for a noise-draw spread, got {args.draws}")

@@ -1,5 +1,5 @@
 """``orthodiffusion report --cohort DIR``: self-contained HTML report over cohort predictions
-(thin wrapper over :func:`OrthoDiffusionLib.pipeline.cohort_report.write_cohort_report`)."""
+(thin wrapper over :func:`OrthoDiffusionLib.reports.cohort.write_cohort_report`)."""
 
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ def register(sub) -> None:
 def _run(args) -> int:
     from .. import DISCLAIMER
     from ..errors import InputError
-    from ..pipeline.cohort_report import write_cohort_report
+    from ..reports.cohort import write_cohort_report
 
     if args.anonymize_salt and not args.anonymize:
         raise InputError("--anonymize-salt goes with --anonymize")

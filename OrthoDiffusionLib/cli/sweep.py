@@ -36,7 +36,7 @@ def _run(args) -> int:
     from ..device import resolve_device
     from ..errors import UserError
     from ..features import FeatureCache
-    from ..pipeline.sweep import PLANES, parse_list, run_sweep, write_best_config
+    from ..adapt.sweep import PLANES, parse_list, run_sweep, write_best_config
 
     timesteps = parse_list(args.timesteps, int, "timestep")
     blocks = parse_list(args.blocks, str, "block")

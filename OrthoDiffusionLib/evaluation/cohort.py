@@ -26,10 +26,10 @@ from pathlib import Path
 import numpy as np
 
 from .. import DISCLAIMER
-from ..cohort import Manifest, ManifestRow, read_manifest
+from ..io.manifest import Manifest, ManifestRow, read_manifest
 from ..errors import InputError
 from ..labelsets import load_label_set
-from ..results import PLANES, CaseResult, read_result_folder
+from ..results.folder import PLANES, CaseResult, read_result_folder
 
 BREAKDOWN_COLUMNS = ("center", "field_strength")
 CASES_CSV = "cohort_cases.csv"
@@ -169,7 +169,7 @@ def ground_truth_on_grid(gt_path: Path, pred_img):
     returns (numpy array in (k, j, i) order, resampled: bool)."""
     import SimpleITK as sitk
 
-    from ..results import _same_grid
+    from ..results.folder import _same_grid
 
     gt = sitk.ReadImage(str(gt_path))
     if gt.GetDimension() != 3 or gt.GetNumberOfComponentsPerPixel() != 1:
@@ -263,7 +263,7 @@ def evaluate_cohort(manifest, predictions_dir, out=None, operating_point: str | 
 
     Parameters
     ----------
-    manifest : path or :class:`OrthoDiffusionLib.cohort.Manifest`
+    manifest : path or :class:`OrthoDiffusionLib.io.manifest.Manifest`
     predictions_dir : folder with one result folder per study (named by ``study_id``)
     out : folder for ``evaluation.json``, the CSV tables, the PNG figures and ``cohort_cases.csv``;
         None computes without writing

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..results import CaseResult, read_result_folder
+from ..results.folder import CaseResult, read_result_folder
 from .findings import findings_table, plane_weight_chart
 from .hierarchy import place_in_case_folder
 from .segmentation import load_result_segmentation

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..corrections import CorrectionsStore, prediction_record
+from ..results.corrections import CorrectionsStore, prediction_record
 from .segmentation import ATTR_CASE, ATTR_RESULT_DIR, ExportReport, _remove_volume, export_knee_labelmap
 from .volumes import volume_to_sitk
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import vtk
 
 from .. import DISCLAIMER
-from ..results import PLANES, CaseResult
+from ..results.folder import PLANES, CaseResult
 
 TABLE_COLUMNS = ("finding", "probability", "uncertainty", "decision", "w_sagittal", "w_coronal", "w_axial")
 

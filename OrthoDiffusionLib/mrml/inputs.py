@@ -6,7 +6,7 @@ import hashlib
 import re
 from pathlib import Path
 
-from ..mrml.volumes import array_view, ijk_to_ras
+from .volumes import array_view, ijk_to_ras
 
 PLANE_KEYS = ("sagittal", "coronal", "axial", "volume")  # "volume": one 3D series, reformatted by the CLI
 _SAFE = re.compile(r"[^A-Za-z0-9_-]+")

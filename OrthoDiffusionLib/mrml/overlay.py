@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..results import CaseResult
+from ..results.folder import CaseResult
 from .planes import slice_view_plane
 
 # Viridis control points (matplotlib's perceptually uniform map, sampled at 0, 0.125, ..., 1)

@@ -9,7 +9,7 @@ import slicer
 import vtk
 
 from ..errors import InputError
-from ..results import STRUCTURES_LABEL_SET, CaseResult, structure_labels, terminology_string
+from ..results.folder import STRUCTURES_LABEL_SET, CaseResult, structure_labels, terminology_string
 from .volumes import array_view, load_volume, new_labelmap_like
 
 COLOR_TABLE_NAME = "OrthoDiffusion knee-11"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from ..pipeline.config import FinetuneJob, PredictJob
+from ..jobs import FinetuneJob, PredictJob
 
 CLI_MODULE = "OrthoDiffusionLib.cli.main"
 DEVICES = {"auto": "auto", "cpu": "cpu", "gpu": "cuda"}  # GUI choice -> CLI --device

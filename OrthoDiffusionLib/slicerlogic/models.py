@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from ..pipeline.catalogue import list_models
+from ..models.catalogue import list_models
 
 
 @dataclass(frozen=True)

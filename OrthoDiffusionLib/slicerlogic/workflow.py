@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import DISCLAIMER
-from ..pipeline.config import FinetuneJob, PredictJob
+from ..jobs import FinetuneJob, PredictJob
 from .commands import cli_device, cli_environment, finetune_command, predict_command, rollback_command
 from .progress import ProgressTracker
 
@@ -165,17 +165,17 @@ class CaseWorkflow:
 
     # ---- head versions (plain JSON reads, no torch)
     def head_versions(self, model: str) -> list:
-        from ..pipeline.versions import head_versions
+        from ..models.versions import head_versions
 
         return head_versions(model)["versions"]
 
     def current_head_version(self, model: str) -> str | None:
-        from ..pipeline.versions import head_versions
+        from ..models.versions import head_versions
 
         return head_versions(model)["current"]
 
     def finetune_summary(self, model: str) -> str:
-        from ..pipeline.versions import finetune_summary_lines, latest_finetune
+        from ..models.versions import finetune_summary_lines, latest_finetune
 
         record = latest_finetune(model)
         return "\n".join(finetune_summary_lines(record)) if record else f"No fine-tuned head set is current. " \

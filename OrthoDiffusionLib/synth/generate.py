@@ -275,7 +275,7 @@ def synthesize_cohort(n: int, out_dir: str | os.PathLike, config: SynthConfig = 
     """
     from tqdm import tqdm
 
-    from ..cohort import write_manifest
+    from ..io.manifest import write_manifest
 
     from ..ownership import claim_folder
 

@@ -70,7 +70,7 @@ def small_result_folder(tmp_path_factory):
     import SimpleITK as sitk
 
     from OrthoDiffusionLib.resources import sample_knee_path
-    from OrthoDiffusionLib.results import demo_result_folder
+    from OrthoDiffusionLib.results.folder import demo_result_folder
 
     d = tmp_path_factory.mktemp("result")
     sitk.WriteImage(sitk.BinShrink(sitk.ReadImage(str(sample_knee_path())), [4, 4, 1]), str(d / "ref.nrrd"))

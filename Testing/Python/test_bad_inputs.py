@@ -88,11 +88,11 @@ def _call(c: dict, tmp_path: Path):
 
         return load_study(kw.pop("paths"), **kw)
     if call == "guard":
-        from OrthoDiffusionLib.pipeline.resources_guard import guard_predict
+        from OrthoDiffusionLib.inference.guard import guard_predict
 
         return guard_predict(kw.pop("inputs"), model="knee-demo", draws=3, log=lambda m: None, **kw)
     if call == "read_manifest":
-        from OrthoDiffusionLib.cohort import read_manifest
+        from OrthoDiffusionLib.io.manifest import read_manifest
 
         return read_manifest(kw["path"])
     if call == "read_label_map":
@@ -100,12 +100,12 @@ def _call(c: dict, tmp_path: Path):
 
         return read_label_map(kw["path"])
     if call == "ehr":
-        from OrthoDiffusionLib.pipeline.predict import parse_ehr, validate_ehr
+        from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
 
         return validate_ehr(parse_ehr(kw["text"]))
     if call == "predict_job":
-        from OrthoDiffusionLib.pipeline.config import PredictJob
-        from OrthoDiffusionLib.pipeline.predict import predict_study
+        from OrthoDiffusionLib.jobs import PredictJob
+        from OrthoDiffusionLib.inference.predict import predict_study
 
         job = PredictJob(**{"out": str(tmp_path / "out"), "device": "cpu", **kw})
         return predict_study(job, log=lambda m: None)
@@ -141,7 +141,7 @@ def test_installed_command_prints_one_line(cid, tmp_path):
 
 def test_relative_manifest_paths_resolve_against_the_manifest_folder(tmp_path, monkeypatch):
     """The documented rule: a relative image path is relative to the manifest's folder, never the cwd."""
-    from OrthoDiffusionLib.cohort import read_manifest
+    from OrthoDiffusionLib.io.manifest import read_manifest
 
     folder = tmp_path / "cohort"
     folder.mkdir()
@@ -156,7 +156,7 @@ def test_correction_with_labels_outside_the_set_is_refused_and_nothing_saved(tmp
     """A cast to uint8 would have wrapped the bad values into valid-looking labels."""
     import SimpleITK as sitk
 
-    from OrthoDiffusionLib.corrections import CorrectionsStore
+    from OrthoDiffusionLib.results.corrections import CorrectionsStore
 
     store = CorrectionsStore(tmp_path / "corrections")
     for name in ("labels_out_of_set.nrrd", "labels_negative.nrrd", "labels_fractional.nrrd"):

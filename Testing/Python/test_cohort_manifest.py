@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from OrthoDiffusionLib.cohort import ManifestRow, read_manifest, write_manifest
+from OrthoDiffusionLib.io.manifest import ManifestRow, read_manifest, write_manifest
 from OrthoDiffusionLib.errors import InputError
 
 HEADER = "study_id,patient_id,sagittal,coronal,axial"

@@ -13,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.cli.main import main
-from OrthoDiffusionLib.pipeline.config import PredictJob
+from OrthoDiffusionLib.jobs import PredictJob
 from OrthoDiffusionLib.resources import resource_path, sample_knee_path
 from OrthoDiffusionLib.storage import sha256_file
 
@@ -26,7 +26,7 @@ def _tree_sha(root):
 
 
 def _predict(out, **kw):
-    from OrthoDiffusionLib.pipeline.predict import predict_study
+    from OrthoDiffusionLib.inference.predict import predict_study
 
     job = PredictJob(inputs=[str(sample_knee_path())], out=str(out), model="knee-demo", device="cpu", draws=2,
                      reformat=False, case_id="knee1", **kw)
@@ -43,7 +43,7 @@ def _edit_and_save(result_dir, store):
     from OrthoDiffusionLib.mrml.headless import headless_scene
     from OrthoDiffusionLib.mrml.segmentation import load_result_segmentation
     from OrthoDiffusionLib.mrml.volumes import load_volume
-    from OrthoDiffusionLib.results import read_result_folder
+    from OrthoDiffusionLib.results.folder import read_result_folder
 
     scene, logics = headless_scene()
     ref = load_volume(scene, sample_knee_path(), "knee")
@@ -73,7 +73,7 @@ def _edit_and_save(result_dir, store):
 
 @pytest.fixture(scope="module")
 def loop(tmp_path_factory):
-    from OrthoDiffusionLib.corrections import CorrectionsStore
+    from OrthoDiffusionLib.results.corrections import CorrectionsStore
 
     root = tmp_path_factory.mktemp("finetune")
     mp = pytest.MonkeyPatch()
@@ -96,7 +96,7 @@ def _run_json(capsys, argv):
 
 def test_finetune_rollback_loop(loop, capsys):
     from OrthoDiffusionLib.heads import HeadStore
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
+    from OrthoDiffusionLib.models.catalogue import get_model
 
     # the correction carries what fine-tuning needs even if the result folder goes away
     record = json.loads((loop.entry.directory / "record.json").read_text())
@@ -161,12 +161,12 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
     the sample knee's cached features and the heads' own label maps) is replayed and carried on."""
     import torch
 
-    from OrthoDiffusionLib.corrections import CorrectionsStore
+    from OrthoDiffusionLib.results.corrections import CorrectionsStore
     from OrthoDiffusionLib.heads import HeadStore
     from OrthoDiffusionLib.heads.replay import REPLAY_FILE, build_replay, load_replay, replay_metadata
     from OrthoDiffusionLib.labelsets import load_label_set
-    from OrthoDiffusionLib.pipeline import finetune as ft
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
+    from OrthoDiffusionLib.adapt import finetune as ft
+    from OrthoDiffusionLib.models.catalogue import get_model
 
     spec = get_model("knee-demo")
     user = HeadStore(spec.heads_for_write())
@@ -216,7 +216,7 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
     assert guard["replay_mean_dice"] == [hist["replay_mean_dice_before"], hist["replay_mean_dice_after"]]
     assert any("replay sample mean Dice" in w for w in guard["worse"]) and guard["made_current"] is False
     assert user.current() == base and s["version"] in user.list_versions()
-    from OrthoDiffusionLib.pipeline.versions import finetune_summary_lines, latest_finetune
+    from OrthoDiffusionLib.models.versions import finetune_summary_lines, latest_finetune
 
     record = latest_finetune("knee-demo")
     assert record["version"] == s["version"] and record["current"] is False

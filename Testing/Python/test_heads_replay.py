@@ -41,13 +41,13 @@ def test_choose_replay_cases_is_deterministic_and_capped():
 
 
 def test_fit_heads_writes_replay_sample(tmp_path, monkeypatch):
-    from OrthoDiffusionLib.cohort import read_manifest
+    from OrthoDiffusionLib.io.manifest import read_manifest
     from OrthoDiffusionLib.features import FeatureCache
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
-    from OrthoDiffusionLib.pipeline.cohort_features import extract_cohort
-    from OrthoDiffusionLib.pipeline.config import FitJob
-    from OrthoDiffusionLib.pipeline.fitting import fit_heads
-    from OrthoDiffusionLib.pipeline.testing import make_standin_model, make_toy_cohort
+    from OrthoDiffusionLib.models.catalogue import get_model
+    from OrthoDiffusionLib.features.cohort import extract_cohort
+    from OrthoDiffusionLib.jobs import FitJob
+    from OrthoDiffusionLib.adapt.fit import fit_heads
+    from standins import make_standin_model, make_toy_cohort
 
     monkeypatch.setenv("ORTHODIFFUSION_HOME", str(tmp_path / "home"))
     model = make_standin_model(tmp_path / "model")
@@ -104,8 +104,8 @@ def test_replay_dice_matches_the_fit_metric():
     from torch import nn
 
     from OrthoDiffusionLib.labelsets import load_label_set
-    from OrthoDiffusionLib.pipeline.finetune import replay_dice
-    from OrthoDiffusionLib.pipeline.fitting import _dice
+    from OrthoDiffusionLib.adapt.finetune import replay_dice
+    from OrthoDiffusionLib.adapt.fit import _dice
 
     structures = load_label_set("knee-11")
     g = torch.Generator().manual_seed(0)

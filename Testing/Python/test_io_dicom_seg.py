@@ -13,7 +13,7 @@ from test_io_dicom import STUDY_UID, write_dicom_series
 
 from OrthoDiffusionLib.cli.main import main
 from OrthoDiffusionLib.labelsets import load_label_set
-from OrthoDiffusionLib.results import read_result_folder
+from OrthoDiffusionLib.results.folder import read_result_folder
 
 SERIES_UID = f"{STUDY_UID}.1"
 FOR_UID = f"{STUDY_UID}.77"

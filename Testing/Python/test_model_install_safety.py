@@ -12,8 +12,8 @@ import pytest
 
 from OrthoDiffusionLib.cli.main import main
 from OrthoDiffusionLib.errors import UserError
-from OrthoDiffusionLib.pipeline import catalogue as cat
-from OrthoDiffusionLib.pipeline.testing import make_standin_model
+from OrthoDiffusionLib.models import catalogue as cat
+from standins import make_standin_model
 from OrthoDiffusionLib.storage import sha256_file
 
 

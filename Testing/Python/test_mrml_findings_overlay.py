@@ -14,7 +14,7 @@ from OrthoDiffusionLib.mrml.headless import headless_scene  # noqa: E402
 from OrthoDiffusionLib.mrml.overlay import CUE_ACTOR_ATTRIBUTE, cue_actor, view_cue, view_cues, viridis  # noqa: E402
 from OrthoDiffusionLib.mrml.planes import assign_planes, slice_view_plane, volume_plane  # noqa: E402
 from OrthoDiffusionLib.mrml.volumes import ijk_to_ras, load_volume, same_geometry  # noqa: E402
-from OrthoDiffusionLib.results import read_result_folder  # noqa: E402
+from OrthoDiffusionLib.results.folder import read_result_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from OrthoDiffusionLib.mrml.segmentation import (ATTR_CASE, KEY_TAG, export_knee
                                                  load_result_segmentation, segmentation_edited)
 from OrthoDiffusionLib.mrml.volumes import array_view, ijk_to_ras, load_volume, same_geometry  # noqa: E402
 from OrthoDiffusionLib.resources import sample_knee_path  # noqa: E402
-from OrthoDiffusionLib.results import demo_result_folder, read_result_folder, structure_labels  # noqa: E402
+from OrthoDiffusionLib.results.folder import demo_result_folder, read_result_folder, structure_labels  # noqa: E402
 
 
 @pytest.fixture(scope="module")

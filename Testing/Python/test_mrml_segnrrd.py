@@ -12,8 +12,8 @@ vtk = pytest.importorskip("vtk")
 from OrthoDiffusionLib.mrml.headless import headless_scene  # noqa: E402
 from OrthoDiffusionLib.mrml.segmentation import export_knee_labelmap, load_result_segmentation  # noqa: E402
 from OrthoDiffusionLib.mrml.volumes import array_view, ijk_to_ras, load_volume  # noqa: E402
-from OrthoDiffusionLib.results import ijk_to_ras as sitk_ijk_to_ras  # noqa: E402
-from OrthoDiffusionLib.results import read_result_folder, structure_labels  # noqa: E402
+from OrthoDiffusionLib.results.folder import ijk_to_ras as sitk_ijk_to_ras  # noqa: E402
+from OrthoDiffusionLib.results.folder import read_result_folder, structure_labels  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import shutil
 import pytest
 
 from OrthoDiffusionLib.cli.main import main
-from OrthoDiffusionLib.cohort import write_manifest
+from OrthoDiffusionLib.io.manifest import write_manifest
 from OrthoDiffusionLib.errors import UserError
 from OrthoDiffusionLib.ownership import (MARKER, check_file_replaceable, check_replaceable, claim_folder,
                                          read_marker, remove_owned, HTML_SIGNATURE)
@@ -155,7 +155,7 @@ def test_report_out_never_overwrites_a_foreign_file(tmp_path):
 
 
 def test_report_cli_refuses_foreign_html_and_csv(tmp_path, capsys):
-    from OrthoDiffusionLib.pipeline.cohort_report import write_cohort_report
+    from OrthoDiffusionLib.reports.cohort import write_cohort_report
 
     cohort = claim_folder(tmp_path / "preds", "cohort")
     (cohort / "errors.csv").write_text("# x\nstudy_id,error,trace\nA,boom,\n")
@@ -175,7 +175,7 @@ def test_report_cli_refuses_foreign_html_and_csv(tmp_path, capsys):
 
 
 def test_cohort_study_id_equal_to_errors_csv_is_refused_per_case(tmp_path):
-    from OrthoDiffusionLib.pipeline.cohort_predict import case_folder_problem
+    from OrthoDiffusionLib.inference.cohort import case_folder_problem
 
     assert "uses itself" in case_folder_problem("errors.csv")
     assert "uses itself" in case_folder_problem(".hidden")

@@ -8,8 +8,8 @@ import jsonschema
 import pytest
 
 from OrthoDiffusionLib.errors import UserError
-from OrthoDiffusionLib.pipeline import catalogue as cat
-from OrthoDiffusionLib.pipeline.testing import make_standin_model
+from OrthoDiffusionLib.models import catalogue as cat
+from standins import make_standin_model
 from OrthoDiffusionLib.resources import resource_path
 
 

@@ -16,7 +16,7 @@ import pytest
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.cli.main import main
-from OrthoDiffusionLib.pipeline.testing import make_toy_cohort
+from standins import make_toy_cohort
 
 PLANES = ("sagittal", "coronal", "axial")
 GOOD = ["T000", "T001", "T002"]
@@ -176,7 +176,7 @@ def test_rank_reuses_results_and_sorts_by_score(cohort, first_run, capsys):
 
 
 def test_rank_score_is_mean_percentile_rank():
-    from OrthoDiffusionLib.pipeline.rank import rank_table
+    from OrthoDiffusionLib.inference.rank import rank_table
 
     entries = [{"study_id": "a", "status": "ok", "draw_spread": 0.1, "plane_disagreement": 0.0, "seg_entropy": 0.5},
                {"study_id": "b", "status": "ok", "draw_spread": 0.3, "plane_disagreement": 0.2, "seg_entropy": 0.4},
@@ -192,7 +192,7 @@ def test_rank_adds_the_summary_to_a_folder_without_one(cohort, first_run, tmp_pa
     memory, adds it next to the untouched result files, and gets the cohort run's values."""
     import shutil
 
-    from OrthoDiffusionLib.cohort import read_manifest, write_manifest
+    from OrthoDiffusionLib.io.manifest import read_manifest, write_manifest
 
     results = tmp_path / "results"
     shutil.copytree(first_run, results)  # a cohort output (owned) whose T001 lost its summary

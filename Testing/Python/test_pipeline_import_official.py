@@ -12,8 +12,8 @@ from test_backbone_checkpoints import _NotATensor, _RunsCode
 from OrthoDiffusionLib.backbone import UNetConfig
 from OrthoDiffusionLib.backbone.checkpoints import load_backbone
 from OrthoDiffusionLib.cli.main import main
-from OrthoDiffusionLib.pipeline.catalogue import get_model, validate_entry, verify_model
-from OrthoDiffusionLib.pipeline.import_official import expected_tensors
+from OrthoDiffusionLib.models.catalogue import get_model, validate_entry, verify_model
+from OrthoDiffusionLib.models.import_official import expected_tensors
 from OrthoDiffusionLib.storage import sha256_file
 
 
@@ -110,7 +110,7 @@ def test_import_register_verify_list_and_refuse_predict(home, ckpt, tiny_config,
 
 
 def test_imported_model_fits_and_predicts(home, ckpt, tiny_config, container, tmp_path, capsys, one_thread):
-    from OrthoDiffusionLib.pipeline.testing import make_toy_cohort
+    from standins import make_toy_cohort
 
     # the fixture's architecture at the 16x16 input its parity data was made with (a plain config JSON)
     meta = json.loads(open(tiny_config).read())

@@ -9,10 +9,10 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from OrthoDiffusionLib.pipeline.config import FitJob, PredictJob
-from OrthoDiffusionLib.pipeline.fitting import fit_heads
-from OrthoDiffusionLib.pipeline.predict import predict_study
-from OrthoDiffusionLib.pipeline.testing import make_standin_model, make_toy_cohort
+from OrthoDiffusionLib.jobs import FitJob, PredictJob
+from OrthoDiffusionLib.adapt.fit import fit_heads
+from OrthoDiffusionLib.inference.predict import predict_study
+from standins import make_standin_model, make_toy_cohort
 from OrthoDiffusionLib.resources import resource_path, sample_knee_path
 
 
@@ -48,7 +48,7 @@ def test_fit_versions(fitted):
 
 
 def _check_folder(out, reference_image, planes):
-    from OrthoDiffusionLib.results import read_result_folder
+    from OrthoDiffusionLib.results.folder import read_result_folder
 
     res = read_result_folder(out, verify=True)
     for name in ("labels.nrrd", "uncertainty.nrrd", "segmentation.seg.nrrd"):

@@ -13,7 +13,7 @@ from PIL import Image
 
 from OrthoDiffusionLib.cli.main import main
 from OrthoDiffusionLib.errors import UserError
-from OrthoDiffusionLib.pipeline.testing import make_standin_model, make_toy_cohort
+from standins import make_standin_model, make_toy_cohort
 
 TIMESTEPS = [50, 200]
 BLOCKS = ["mid_0", "mid_2", "in_2"]
@@ -93,9 +93,9 @@ def test_write_config_updates_the_user_folder_model_with_a_backup(swept):
 
 
 def test_write_config_for_a_shipped_model_makes_a_user_copy(swept, repo_root):
-    from OrthoDiffusionLib.pipeline.catalogue import get_model, user_models_dir
-    from OrthoDiffusionLib.pipeline.predict import load_model
-    from OrthoDiffusionLib.pipeline.sweep import write_best_config
+    from OrthoDiffusionLib.models.catalogue import get_model, user_models_dir
+    from OrthoDiffusionLib.inference.predict import load_model
+    from OrthoDiffusionLib.adapt.sweep import write_best_config
 
     catalogue = repo_root / "Resources" / "Models" / "catalogue.json"
     shipped_bytes = catalogue.read_bytes()
@@ -119,7 +119,7 @@ def test_write_config_for_a_shipped_model_makes_a_user_copy(swept, repo_root):
 def test_label_fraction_subsets_the_training_rows():
     from types import SimpleNamespace
 
-    from OrthoDiffusionLib.pipeline.sweep import evaluation_plan
+    from OrthoDiffusionLib.adapt.sweep import evaluation_plan
 
     rng = np.random.default_rng(0)
     Y = (rng.random((40, 3)) < 0.4).astype(float)

@@ -53,7 +53,7 @@ def test_memory_estimate_within_factor_two_of_measured_peak(tmp_path):
 def test_max_voxels_refuses_from_the_header_alone(tmp_path):
     """The header declares 2.5 G voxels and the data file is empty: the refusal (with sizes) proves
     no pixel was read; a read would fail with another message."""
-    from OrthoDiffusionLib.pipeline.resources_guard import guard_predict
+    from OrthoDiffusionLib.inference.guard import guard_predict
 
     huge = BAD / "huge_5gb.nhdr"
     assert (BAD / "huge_5gb.raw").stat().st_size == 0
@@ -69,8 +69,8 @@ def test_max_voxels_refuses_from_the_header_alone(tmp_path):
 
 def test_memory_guard_scales_with_the_input_and_passes_small_cases():
     from OrthoDiffusionLib.io.guards import read_headers
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
-    from OrthoDiffusionLib.pipeline.resources_guard import estimate_predict_memory, guard_predict
+    from OrthoDiffusionLib.models.catalogue import get_model
+    from OrthoDiffusionLib.inference.guard import estimate_predict_memory, guard_predict
 
     spec = get_model("knee-demo")
     small = estimate_predict_memory(read_headers(SAMPLE), spec, draws=3)

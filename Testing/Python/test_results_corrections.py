@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from OrthoDiffusionLib.corrections import CorrectionsStore, normalise_findings
+from OrthoDiffusionLib.results.corrections import CorrectionsStore, normalise_findings
 from OrthoDiffusionLib.errors import InputError
 
 
@@ -59,7 +59,7 @@ def test_save_correction_from_segmentation_node(tmp_path):
     from OrthoDiffusionLib.mrml.segmentation import load_result_segmentation
     from OrthoDiffusionLib.mrml.volumes import load_volume
     from OrthoDiffusionLib.resources import sample_knee_path
-    from OrthoDiffusionLib.results import demo_result_folder, read_result_folder
+    from OrthoDiffusionLib.results.folder import demo_result_folder, read_result_folder
 
     sitk.WriteImage(sitk.BinShrink(sitk.ReadImage(str(sample_knee_path())), [4, 4, 1]), str(tmp_path / "r.nrrd"))
     result = read_result_folder(demo_result_folder(tmp_path / "case"))

@@ -11,7 +11,7 @@ import SimpleITK as sitk
 
 from OrthoDiffusionLib import DISCLAIMER
 from OrthoDiffusionLib.errors import InputError
-from OrthoDiffusionLib.results import (DEMO_REMAP, PLANES, CaseResult, Finding, demo_result_folder,
+from OrthoDiffusionLib.results.folder import (DEMO_REMAP, PLANES, CaseResult, Finding, demo_result_folder,
                                        read_result_folder, terminology_string, write_result_folder)
 
 

@@ -13,8 +13,8 @@ import pytest
 from OrthoDiffusionLib.cli import finetune as cli_finetune
 from OrthoDiffusionLib.cli import predict as cli_predict
 from OrthoDiffusionLib.cli.main import build_parser
-from OrthoDiffusionLib.pipeline.config import FinetuneJob, PredictJob
-from OrthoDiffusionLib.pipeline.predict import parse_ehr
+from OrthoDiffusionLib.jobs import FinetuneJob, PredictJob
+from OrthoDiffusionLib.inference.predict import parse_ehr
 from OrthoDiffusionLib.slicerlogic.commands import cli_environment, finetune_command, predict_command
 from OrthoDiffusionLib.slicerlogic.process import (BlockingRunner, ProcessPump, kill_process_tree,
                                                    start_process_group)

@@ -16,8 +16,8 @@ from OrthoDiffusionLib import ehr_fields
 from OrthoDiffusionLib.cli import predict as cli_predict
 from OrthoDiffusionLib.cli.main import build_parser
 from OrthoDiffusionLib.errors import UserError
-from OrthoDiffusionLib.pipeline.config import PredictJob
-from OrthoDiffusionLib.pipeline.predict import parse_ehr, validate_ehr
+from OrthoDiffusionLib.jobs import PredictJob
+from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
 from OrthoDiffusionLib.slicerlogic import ehr as gui_ehr
 
 MODULE = REPO / "OrthoDiffusion" / "OrthoDiffusion.py"
@@ -128,6 +128,6 @@ def test_the_old_indication_field_is_refused_on_both_sides(cli_ehr):
 
 
 def test_vocabularies_match_the_cohort_manifest():
-    from OrthoDiffusionLib import cohort
+    from OrthoDiffusionLib.io import manifest as cohort
 
     assert cohort.PATIENT_TYPES == ehr_fields.PATIENT_TYPES and cohort.EVENTS == ehr_fields.EVENTS

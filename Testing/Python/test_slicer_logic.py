@@ -125,7 +125,7 @@ def test_predict_loaded_into_the_scene(loop):
 
 
 def test_correction_finetune_and_reload(loop):
-    from OrthoDiffusionLib.pipeline.versions import latest_finetune
+    from OrthoDiffusionLib.models.versions import latest_finetune
 
     assert loop.entry.case_id == loop.case.case_id
     assert loop.tuned["dir"].name == f"result-{loop.tuned['version']}"

@@ -81,7 +81,7 @@ sys.path.insert(0, {str(modules)!r})  # what OrthoDiffusion.py does: the folder 
 import OrthoDiffusionLib
 from OrthoDiffusionLib import DISCLAIMER
 from OrthoDiffusionLib.resources import resources_dir, sample_knee_path
-from OrthoDiffusionLib.pipeline.catalogue import list_models
+from OrthoDiffusionLib.models.catalogue import list_models
 print(json.dumps({{"lib": OrthoDiffusionLib.__file__, "resources": str(resources_dir()),
                   "sample": sample_knee_path().is_file(), "models": [m.id for m in list_models()],
                   "model_root": str(list_models()[0].root), "disclaimer": DISCLAIMER,

@@ -6,7 +6,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from OrthoDiffusionLib.cli.main import main
-from OrthoDiffusionLib.cohort import read_manifest
+from OrthoDiffusionLib.io.manifest import read_manifest
 from OrthoDiffusionLib.synth.generate import SynthConfig, generate_case
 
 

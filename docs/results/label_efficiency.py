@@ -70,7 +70,7 @@ def sha256(path) -> str:
 
 
 def load_rows(cohort):
-    from OrthoDiffusionLib.cohort import read_manifest
+    from OrthoDiffusionLib.io.manifest import read_manifest
 
     return read_manifest(cohort, label_set="knee-8").rows
 
@@ -108,8 +108,8 @@ def prepare_inputs(args, rows, work: Path) -> Path:
     from tqdm import tqdm
 
     from OrthoDiffusionLib.io import preprocess, volume_hash
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
-    from OrthoDiffusionLib.pipeline.cohort_features import read_plane_image
+    from OrthoDiffusionLib.models.catalogue import get_model
+    from OrthoDiffusionLib.features.cohort import read_plane_image
 
     spec = get_model(args.model)
     cfg = json.loads(Path(spec.backbone_path(SEG_PLANE)).with_suffix(".json").read_text())["config"]
@@ -154,7 +154,7 @@ def prepare_inputs(args, rows, work: Path) -> Path:
 
 
 def backbone_shas(args) -> dict:
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
+    from OrthoDiffusionLib.models.catalogue import get_model
 
     spec = get_model(args.model)
     return {p: sha256(spec.backbone_path(p)) for p in spec.planes}
@@ -170,8 +170,8 @@ def prepare_features(args, rows, work: Path, shas: dict) -> Path:
     from tqdm import tqdm
 
     from OrthoDiffusionLib.features import FeatureCache, FeatureExtractor
-    from OrthoDiffusionLib.pipeline.catalogue import get_model
-    from OrthoDiffusionLib.pipeline.cohort_features import load_backbones
+    from OrthoDiffusionLib.models.catalogue import get_model
+    from OrthoDiffusionLib.features.cohort import load_backbones
 
     # Same features as `orthodiffusion fit` (extract_cohort): same preprocessed arrays, same content
     # hashes (noise seeds), one draw with the given seed; computed from the inputs cached above so the
@@ -285,7 +285,7 @@ def fit_worker(job: dict) -> dict:
             if rep["fusion"] == "gate":
                 preds["base_cnn_gate"] = torch.sigmoid(model.fuse(z, present[test], "gate").logits).numpy()
     elif kind in ("ours_seg", "base_seg"):
-        from OrthoDiffusionLib.pipeline.fitting import annotated_mask
+        from OrthoDiffusionLib.adapt.fit import annotated_mask
 
         targets = torch.load(job["inputs"], weights_only=False)["seg_targets"].long()
         ann = annotated_mask(rows, structures.keys)
@@ -391,7 +391,7 @@ def evaluate(args, rows, keys, work: Path) -> dict:
     import torch
 
     targets = torch.load(work / f"inputs_{cohort_key(rows)}.pt", weights_only=False)["seg_targets"].numpy()[test]
-    from OrthoDiffusionLib.pipeline.fitting import annotated_mask
+    from OrthoDiffusionLib.adapt.fit import annotated_mask
 
     ann = annotated_mask([rows[i] for i in test], structures.keys).numpy()
     for f in args.fractions:

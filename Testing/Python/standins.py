@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DISCLAIMER
+from OrthoDiffusionLib import DISCLAIMER
 
 PLANES = ("sagittal", "coronal", "axial")
 
@@ -18,11 +18,11 @@ def make_standin_model(folder, model_id: str = "standin", preset: str = "tiny", 
     """A model folder (model.json + one random backbone per plane), installable and verifiable."""
     import torch
 
-    from ..backbone import DiffusionUNet, UNetConfig
-    from ..backbone.checkpoints import save_backbone
-    from ..storage import atomic_write_json
-    from ..training.presets import PRESETS
-    from .catalogue import RELEASED_INFERENCE, file_record
+    from OrthoDiffusionLib.backbone import DiffusionUNet, UNetConfig
+    from OrthoDiffusionLib.backbone.checkpoints import save_backbone
+    from OrthoDiffusionLib.storage import atomic_write_json
+    from OrthoDiffusionLib.training.presets import PRESETS
+    from OrthoDiffusionLib.models.catalogue import RELEASED_INFERENCE, file_record
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -71,7 +71,7 @@ def make_toy_cohort(folder, n: int = 12, seed: int = 0, missing_axial_every: int
     EFFU correlate with intensity), EHR, splits train/val. Returns the manifest path."""
     import SimpleITK as sitk
 
-    from ..io import reformat_to_planes
+    from OrthoDiffusionLib.io import reformat_to_planes
 
     folder = Path(folder)
     rng = np.random.default_rng(seed)

@@ -16,9 +16,9 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import DISCLAIMER, __version__
-from .errors import InputError
-from .storage import _fsync_dir, atomic_write_json, read_json, sha256_file
+from .. import DISCLAIMER, __version__
+from ..errors import InputError
+from ..storage import _fsync_dir, atomic_write_json, read_json, sha256_file
 
 ACTIONS = ("confirmed", "flipped")
 
@@ -72,7 +72,7 @@ class CorrectionsStore:
         """Write a new entry from a SimpleITK knee-11 label image and finding corrections."""
         import SimpleITK as sitk
 
-        from .io.labels import check_label_image
+        from ..io.labels import check_label_image
 
         findings = normalise_findings(findings)
         check_label_image(labels_image, f"correction of {case_id}")  # a cast to uint8 would wrap bad values
@@ -139,7 +139,7 @@ def prediction_record(result_dir) -> dict:
     into the entry at save time (the result folder may be a temporary one): model, head version,
     reference plane, per-plane input content hashes and feature spec, the predict job, the
     predicted probabilities. Empty when ``result_dir`` is not a readable result folder."""
-    from .results import read_result_folder
+    from .folder import read_result_folder
 
     try:
         result = read_result_folder(result_dir)

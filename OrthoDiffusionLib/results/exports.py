@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import InputError
 from ..io.dicom_seg import SEG_FILE, dicom_source_folder, find_source_series, identifying_values, write_dicom_seg
-from ..results import validate_json
+from .folder import validate_json
 from ..storage import atomic_write_json, read_json, sha256_file
 
 _HASH = re.compile(r"^[0-9a-f]{32,}$")

@@ -54,7 +54,7 @@ def pooled_plane_features(rows, plane: str, backbone, sha: str, timesteps, block
 
     from ..features import FeatureExtractor, FeatureSpec
     from ..io import preprocess, volume_hash
-    from .cohort_features import read_plane_image
+    from ..features.cohort import read_plane_image
 
     ex = FeatureExtractor(backbone, device=device, backbone_sha256=sha, cache=cache)  # batches of ≤ 4 timesteps
     fspec = FeatureSpec(timesteps=tuple(timesteps), blocks=tuple(blocks), seed=seed, n_draws=1,
@@ -191,11 +191,11 @@ def write_heatmap(table: list[dict], planes, timesteps, blocks, best: dict, path
 def run_sweep(manifest_path, model: str, timesteps, blocks, out, label_fraction: float = 1.0, folds: int = 5,
               seed: int = 0, planes=None, device="cpu", cache=None, progress: bool = True) -> dict:
     from .. import DISCLAIMER
-    from ..cohort import read_manifest
+    from ..io.manifest import read_manifest
     from ..errors import UserError
     from ..storage import atomic_write_json, atomic_write_text
-    from .catalogue import get_model
-    from .cohort_features import load_backbones
+    from ..models.catalogue import get_model
+    from ..features.cohort import load_backbones
 
     t0 = time.perf_counter()
     if not 0 < label_fraction <= 1:
@@ -281,7 +281,7 @@ def write_best_config(model: str, best: dict, sweep_json: Path) -> Path:
 
     from ..errors import UserError
     from ..storage import atomic_write_json, read_json
-    from .catalogue import MODEL_FILE, get_model, shipped_catalogue_path, user_models_dir, validate_entry
+    from ..models.catalogue import MODEL_FILE, get_model, shipped_catalogue_path, user_models_dir, validate_entry
 
     spec = get_model(model)
     entry = copy.deepcopy(spec.entry)

@@ -19,7 +19,7 @@ import torch
 
 from .. import DISCLAIMER, __version__
 from ..errors import InputError, UserError
-from .config import PredictJob
+from ..jobs import PredictJob
 
 PLANES = ("sagittal", "coronal", "axial")
 
@@ -105,8 +105,8 @@ class LoadedModel:
 
 def load_model(model_id: str, device="cpu", heads_version: str | None = None) -> LoadedModel:
     from ..heads import HeadStore, load_head_set
-    from .catalogue import get_model
-    from .cohort_features import load_backbones
+    from ..models.catalogue import get_model
+    from ..features.cohort import load_backbones
 
     spec = get_model(model_id)
     store = spec.heads_for_read()
@@ -176,14 +176,14 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from ..heads import fuse_plane_probabilities
     from ..io import load_study, preprocess, volume_hash
     from ..labelsets import load_label_set
-    from ..results import CaseResult, Finding, write_result_folder
+    from ..results.folder import CaseResult, Finding, write_result_folder
     from ..ownership import check_replaceable, refuse_inputs_inside
     from ..storage import sha256_file
-    from .resources_guard import guard_predict
+    from .guard import guard_predict
 
     job.validate()
     if job.draws is None:  # the model's default (catalogue ``inference.draws``)
-        from .catalogue import get_model
+        from ..models.catalogue import get_model
 
         job = replace(job, draws=(loaded.spec if loaded else get_model(job.model)).default_draws)
     t_all = time.perf_counter()

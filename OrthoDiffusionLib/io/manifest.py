@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from .errors import InputError
-from .labelsets import load_label_set
+from ..errors import InputError
+from ..labelsets import load_label_set
 
 PLANES = ("sagittal", "coronal", "axial")
 LABEL_COLUMNS = ("labels_sagittal", "labels_coronal", "labels_axial", "labels_reference")
@@ -252,7 +252,7 @@ def write_manifest(rows: Iterable[ManifestRow | dict], path: str | os.PathLike,
     Absolute paths under the manifest's folder are written relative to it. Columns come in the
     documented order; extra columns follow.
     """
-    from .storage import atomic_write_text
+    from ..storage import atomic_write_text
 
     path = Path(path).expanduser()
     root = path.parent.resolve()

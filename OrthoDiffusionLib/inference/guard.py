@@ -119,7 +119,7 @@ def guard_predict(inputs, model: str, draws: int, max_voxels: int | None = DEFAU
                   max_memory_gb: float | None = None, available: int | None = None, log=print) -> MemoryEstimate:
     """Refuse (ResourceError) a study above ``max_voxels`` per image or whose memory estimate is
     above what is available (or above ``max_memory_gb``); runs on headers only."""
-    from .catalogue import get_model
+    from ..models.catalogue import get_model
 
     headers = [h for p in inputs for h in read_headers(p)]
     check_voxels(headers, max_voxels)

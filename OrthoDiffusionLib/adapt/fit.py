@@ -15,7 +15,7 @@ import torch
 
 from .. import DISCLAIMER, __version__
 from ..errors import UserError
-from .config import FitJob
+from ..jobs import FitJob
 
 PLANES = ("sagittal", "coronal", "axial")
 
@@ -68,7 +68,7 @@ def annotated_mask(rows, structure_keys) -> torch.Tensor:
 
 def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     """Run a fit job; returns {"version", "store", "manifest", "seconds"}."""
-    from .cohort_predict import cpu_cores
+    from ..inference.cohort import cpu_cores
 
     job.validate()
     threads_before = torch.get_num_threads()
@@ -83,15 +83,15 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
 
 
 def _fit_heads(job: FitJob, log, progress: bool) -> dict:
-    from ..cohort import read_manifest
+    from ..io.manifest import read_manifest
     from ..device import resolve_device
     from ..evaluation.classification import choose_thresholds
     from ..features import FeatureCache
     from ..heads import HeadStore, label_fraction_subset, load_head_set, save_head_set
     from ..heads.fit import FitConfig, fit_ehr_fusion, fit_mpae, fit_segmentation
     from ..labelsets import load_label_set
-    from .catalogue import get_model
-    from .cohort_features import extract_cohort, load_backbones
+    from ..models.catalogue import get_model
+    from ..features.cohort import extract_cohort, load_backbones
 
     t_start = time.perf_counter()
     spec = get_model(job.model)

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from . import DISCLAIMER, __version__
-from .errors import InputError
-from .labelsets import load_label_set
-from .resources import resource_path
-from .storage import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
+from .. import DISCLAIMER, __version__
+from ..errors import InputError
+from ..labelsets import load_label_set
+from ..resources import resource_path
+from ..storage import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
 
 PLANES = ("sagittal", "coronal", "axial")
 SCHEMA_VERSION = 1

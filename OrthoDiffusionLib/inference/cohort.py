@@ -45,7 +45,7 @@ _WORKER: dict = {}
 
 def settings_from_args(args) -> dict:
     """PredictJob fields taken from the CLI arguments (any field the parser has), minus the per-case ones."""
-    from .config import PredictJob
+    from ..jobs import PredictJob
 
     per_case = {"inputs", "out", "case_id", "ehr", "reformat"}
     return {f.name: getattr(args, f.name) for f in fields(PredictJob)
@@ -53,7 +53,7 @@ def settings_from_args(args) -> dict:
 
 
 def _job_for_row(settings: dict, row, case_out: Path):
-    from .config import PredictJob
+    from ..jobs import PredictJob
 
     inputs = [str(p) for p in row.images.values() if p is not None]
     ehr = {k: v for k, v in row.ehr.items() if v not in (None, "")} or None
@@ -243,7 +243,7 @@ def _check_model(settings: dict) -> None:
     """Fail fast, in the parent, with one line (instead of N broken workers)."""
     from ..errors import UserError
     from ..heads import HeadStore
-    from .catalogue import get_model
+    from ..models.catalogue import get_model
 
     spec = get_model(settings["model"])
     if settings.get("heads_version") is None and not HeadStore(spec.heads_for_read()).current():
@@ -318,7 +318,7 @@ def claim_cohort_folder(out: Path, manifest, what: str = "--out") -> Path:
 
 def predict_cohort(args) -> int:
     from .. import DISCLAIMER
-    from ..cohort import read_manifest
+    from ..io.manifest import read_manifest
     from ..errors import UserError
 
     if args.workers < 1:

@@ -29,7 +29,7 @@ import torch
 
 from .. import DISCLAIMER, __version__
 from ..errors import InputError, UserError
-from .config import FinetuneJob
+from ..jobs import FinetuneJob
 
 PLANES = ("sagittal", "coronal", "axial")
 FINETUNE_LOCK = "finetune"  # <user heads>/finetune.lock: one fine-tune per store at a time
@@ -68,7 +68,7 @@ def latest_corrections(store, cases=None) -> list:
 
 
 def _prediction_of(entry) -> dict:
-    from ..corrections import prediction_record
+    from ..results.corrections import prediction_record
     from ..storage import read_json
 
     source = read_json(entry.directory / "record.json").get("source") or {}
@@ -117,7 +117,7 @@ def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: di
     """Re-run only the backbones of ``planes`` (to the needed block) and fill the cache."""
     from ..features import FeatureExtractor
     from ..io import preprocess, volume_hash
-    from .cohort_features import load_backbones
+    from ..features.cohort import load_backbones
 
     log(f"[features] {case_id}: {', '.join(planes)} not in the cache; running the backbone")
     study = _reload_study(pred, case_id)
@@ -157,7 +157,7 @@ def _finding_labels(findings: dict, keys) -> np.ndarray:
 
 
 def _ehr_of(pred: dict):
-    from .predict import parse_ehr
+    from ..inference.predict import parse_ehr
 
     if not pred.get("ehr_used"):
         return None
@@ -436,14 +436,14 @@ def finetune(job: FinetuneJob, log=print, progress: bool = True) -> dict:
 
 
 def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
-    from ..corrections import CorrectionsStore
+    from ..results.corrections import CorrectionsStore
     from ..device import resolve_device
     from ..heads import HeadStore
     from ..heads.replay import REPLAY_FILE, load_replay
     from ..labelsets import load_label_set
     from ..storage import file_lock
-    from .catalogue import get_model
-    from .predict import StageTimer
+    from ..models.catalogue import get_model
+    from ..inference.predict import StageTimer
 
     job.validate()
     t_start = time.perf_counter()
@@ -619,13 +619,13 @@ def _case_metrics(c: CorrectedCase, keys) -> dict:
     return out
 
 
-# ----------------------------------------------------------------------------- rollback (list: pipeline.versions)
+# ----------------------------------------------------------------------------- rollback (list: models.versions)
 
 def rollback(model: str, version: str) -> dict:
     """Make ``version`` of the user's head store current again (nothing is deleted)."""
     from ..heads import HeadStore
     from ..storage import file_lock
-    from .catalogue import get_model
+    from ..models.catalogue import get_model
 
     spec = get_model(model)
     user = HeadStore(spec.heads_for_write())

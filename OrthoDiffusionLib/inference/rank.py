@@ -89,7 +89,7 @@ def _summary_for_legacy(case_dir: Path, settings: dict, row, loaded_holder: dict
     from ..device import resolve_device
     from ..ownership import record_files
     from ..storage import atomic_write_json
-    from .cohort_predict import SUMMARY_FILE, _job_for_row, uncertainty_summary
+    from .cohort import SUMMARY_FILE, _job_for_row, uncertainty_summary
     from .predict import load_model, predict_study
 
     if "loaded" not in loaded_holder:
@@ -105,12 +105,12 @@ def _summary_for_legacy(case_dir: Path, settings: dict, row, loaded_holder: dict
 
 def rank_cohort(manifest_path, out: Path, settings: dict, results: Path, workers: int = 1,
                 threads: int | None = None) -> list[dict]:
-    from ..cohort import read_manifest
+    from ..io.manifest import read_manifest
     from ..errors import UserError
     from ..storage import read_json
-    from .catalogue import get_model
+    from ..models.catalogue import get_model
     from ..ownership import CSV_SIGNATURE, check_file_replaceable
-    from .cohort_predict import _check_model, claim_cohort_folder, run_rows, threads_per_worker
+    from .cohort import _check_model, claim_cohort_folder, run_rows, threads_per_worker
 
     manifest = read_manifest(manifest_path)
     _check_model(settings)
@@ -141,7 +141,7 @@ def rank_cohort(manifest_path, out: Path, settings: dict, results: Path, workers
 
 def _entry(row, o: dict, results: Path, settings: dict, loaded_holder: dict) -> dict:
     """One ranking entry: the components from the case's summary (added first if missing)."""
-    from .cohort_predict import SUMMARY_FILE
+    from .cohort import SUMMARY_FILE
 
     case_dir = results / row.study_id
     e = {"study_id": row.study_id, "status": "ok" if o["status"] in ("ok", "skipped") else "failed",

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields
 
-from ..errors import UserError
+from .errors import UserError
 
 PLANES = ("sagittal", "coronal", "axial")
 TASKS = ("diagnosis", "segmentation", "all")
@@ -98,7 +98,7 @@ class PredictJob:
     def to_argv(self) -> list:
         """``orthodiffusion`` arguments that rebuild this job (``cli.predict.job_from_args``);
         only fields that differ from the defaults are written, so the CLI's defaults apply."""
-        from ..job_argv import job_argv
+        from .job_argv import job_argv
 
         return ["predict", *self.inputs, *job_argv(self, PREDICT_FLAGS, skip=("inputs",))]
 
@@ -136,7 +136,7 @@ class FinetuneJob:
 
     def to_argv(self) -> list:
         """``orthodiffusion`` arguments that rebuild this job (``cli.finetune.job_from_args``)."""
-        from ..job_argv import job_argv
+        from .job_argv import job_argv
 
         return ["finetune", *job_argv(self, FINETUNE_FLAGS)]
 

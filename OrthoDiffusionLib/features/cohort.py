@@ -62,7 +62,7 @@ def extract_cohort(rows, spec, device="cpu", cache=None, seg_plane: str | None =
     label maps of ``seg_plane`` pushed onto that plane's network grid (nearest neighbour)."""
     from tqdm import tqdm
 
-    from ..features import FeatureExtractor
+    from . import FeatureExtractor
     from ..io import preprocess, volume_hash
     from ..io.labels import read_label_map
 

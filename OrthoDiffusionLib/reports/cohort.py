@@ -7,7 +7,7 @@ planes used) and the errors of ``errors.csv``; when the manifest has labels, the
 it is up to date, computed there otherwise): metrics with CIs, ROC curves, calibration,
 breakdowns, plane weights, Dice. A CSV of the case table is written next to the HTML.
 
-``anonymize=True`` shows study and patient ids as HMAC pseudonyms (pipeline/anonymize.py) in the
+``anonymize=True`` shows study and patient ids as HMAC pseudonyms (results/anonymize.py) in the
 HTML and the CSV, and scrubs the ids from error messages. Research use only, not for clinical decisions.
 """
 
@@ -24,10 +24,10 @@ import numpy as np
 
 from .. import DISCLAIMER, __version__
 from ..errors import InputError
-from ..results import PLANES, read_result_folder
+from ..results.folder import PLANES, read_result_folder
 from ..ownership import CSV_SIGNATURE, HTML_SIGNATURE, check_file_replaceable
-from .anonymize import Pseudonymizer
-from .report import BANNER, GENERATOR_META, STYLE, _table, png_file_uri
+from ..results.anonymize import Pseudonymizer
+from .case import BANNER, GENERATOR_META, STYLE, _table, png_file_uri
 
 EVAL_DIR = "evaluation"
 
@@ -237,7 +237,7 @@ def write_cohort_report(cohort_dir, out=None, manifest=None, anonymize: bool = F
                         log=lambda m: None) -> dict:
     """Write the cohort HTML report (default ``<cohort_dir>/report.html``) and its case-table CSV
     (``<report stem>_cases.csv``); returns {"html", "csv", "evaluation"} paths (evaluation may be None)."""
-    from ..cohort import read_manifest
+    from ..io.manifest import read_manifest
     from ..evaluation.report import write_csv
     from ..storage import atomic_write_text
 

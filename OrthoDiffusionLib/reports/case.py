@@ -13,7 +13,7 @@ import numpy as np
 from .. import DISCLAIMER
 
 PLANES = ("sagittal", "coronal", "axial")
-# shared by the cohort report (pipeline/cohort_report.py)
+# shared by the cohort report (reports/cohort.py)
 STYLE = """body{font-family:sans-serif;margin:24px;max-width:1240px;color:#222}
 .banner{background:#b03a2e;color:#fff;padding:14px 18px;font-size:22px;font-weight:bold;border-radius:6px}
 .note{background:#fdf2e9;border-left:6px solid #e67e22;padding:8px 12px;margin:8px 0}
@@ -111,10 +111,10 @@ def _table(rows, header) -> str:
 
 def write_report(pred, path, title: str = "OrthoDiffusion result", notes: list[str] | None = None,
                  wall_s: float | None = None, anonymize: bool = False, salt: str | None = None) -> Path:
-    """``anonymize``: the case id is replaced by a pseudonym (see pipeline/anonymize.py)."""
+    """``anonymize``: the case id is replaced by a pseudonym (see results/anonymize.py)."""
     from ..labelsets import load_label_set
     from ..ownership import HTML_SIGNATURE, check_file_replaceable
-    from .anonymize import Pseudonymizer
+    from ..results.anonymize import Pseudonymizer
 
     check_file_replaceable(path, HTML_SIGNATURE)  # never over a file the tool did not write
     r = pred.result

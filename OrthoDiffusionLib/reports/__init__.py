@@ -1,0 +1,2 @@
+"""HTML reports: one case (``case``) and a cohort (``cohort``). Research use only, not for clinical
+decisions."""
