@@ -171,6 +171,9 @@ def ground_truth_on_grid(gt_path: Path, pred_img):
 
     from ..results import _same_grid
 
+    from ..io.volumes import check_volume_path
+
+    check_volume_path(gt_path, allow_outputs=True)  # data files next to the header, never a device
     gt = sitk.ReadImage(str(gt_path))
     if gt.GetDimension() != 3 or gt.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"label map {gt_path} must be a 3D single-component image")

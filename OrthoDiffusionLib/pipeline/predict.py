@@ -177,7 +177,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from ..io import load_study, preprocess, volume_hash
     from ..labelsets import load_label_set
     from ..results import CaseResult, Finding, write_result_folder
-    from ..storage import check_output_folder, sha256_file
+    from ..io.headers import source_sha256  # the header and its detached data files
+    from ..storage import check_output_folder
     from .resources_guard import guard_predict
 
     job.validate()
@@ -191,7 +192,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     # inputs first (headers, then pixels), weights last: a bad input fails fast and leaves nothing
     if write:
         check_output_folder(job.out)
-    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log)
+    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log,
+                  reformat=job.reformat)
     ehr = validate_ehr(parse_ehr(job.ehr))
     study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)
     device = loaded.device if loaded else resolve_device(job.device)
@@ -218,6 +220,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
         model = loaded.backbones[plane][0]
         arr, tr = preprocess(series.image, mode=spec.preprocessing, plane=plane, depth=model.config.depth_size,
                              size=(model.config.image_size, model.config.image_size))
+        if tr.warning:  # the outlier guard clipped saturated voxels
+            warnings.append(tr.warning)
         planes[plane] = PlaneData(plane, str(series.info.source), bool(series.info.reformatted), series.image,
                                   arr, tr, volume_hash(series.image))
 
@@ -304,7 +308,7 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
         "feature_spec": {p: {**spec.planes[p], "draws": k, "seed": seed, "preprocessing": spec.preprocessing}
                          for p in planes},
         "inputs": {p: {"source": pd.source, "reformatted": pd.reformatted, "content_hash": pd.content_hash,
-                       **({"file_sha256": sha256_file(pd.source)} if Path(pd.source).is_file() else {})}
+                       **({"file_sha256": source_sha256(pd.source)} if Path(pd.source).is_file() else {})}
                    for p, pd in planes.items()},
         "planes_used": list(planes), "planes_missing": [p for p in PLANES if p not in planes],
         "reformatted_planes": [p for p, pd in planes.items() if pd.reformatted],
