@@ -19,3 +19,7 @@ class ResourceError(UserError):
     """The job would exceed a resource limit (memory, voxels)."""
 
     exit_code = 3
+
+
+class DiskFullError(ResourceError):
+    """No space left (or over quota) where the tool must write."""

@@ -106,7 +106,9 @@ def read_errors_csv(predictions_dir) -> dict[str, str]:
         return {}
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))]
-    return {r.get("study_id", ""): r.get("error", "") for r in rows if r.get("study_id")}
+    from ..csvsafe import unescape  # study ids were escaped against formula injection
+
+    return {unescape(r.get("study_id", "")): unescape(r.get("error", "")) for r in rows if r.get("study_id")}
 
 
 def load_cohort_predictions(manifest, predictions_dir, split: str | None = None,

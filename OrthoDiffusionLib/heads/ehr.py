@@ -27,7 +27,7 @@ from .registry import register_head
 
 NUMERIC_FIELDS = ("age", "height_cm", "weight_kg")
 # Plausible ranges; values outside are almost always unit or typing errors (e.g. height in m).
-NUMERIC_RANGES = {"age": (0.0, 120.0), "height_cm": (30.0, 250.0), "weight_kg": (1.0, 400.0)}
+from ..ehr_rules import NUMERIC_RANGES  # noqa: E402  (one rule with the manifest and --ehr)
 DEFAULT_STATS = {"age": (45.0, 15.0), "height_cm": (170.0, 10.0), "weight_kg": (75.0, 15.0)}
 CATEGORICAL_FIELDS = ("sex", "patient_type", "event")
 EHR_FIELDS = NUMERIC_FIELDS + CATEGORICAL_FIELDS

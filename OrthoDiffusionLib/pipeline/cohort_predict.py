@@ -20,7 +20,6 @@ spread, per-plane expert probabilities, MPAE weights, segmentation entropy) that
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
 import time
@@ -29,6 +28,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
 SUMMARY_FILE = "uncertainty_summary.json"
 PLANES = ("sagittal", "coronal", "axial")
@@ -199,7 +200,7 @@ def _write_reports(out: Path, outcomes: list, n_rows: int, settings: dict, worke
     if errors:
         with atomic_path(errors_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(f"# {DISCLAIMER}\n")
-            w = csv.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
+            w = csvsafe.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
             w.writeheader()
             w.writerows(sorted(errors, key=lambda o: o["study_id"]))
     elif errors_csv.exists():

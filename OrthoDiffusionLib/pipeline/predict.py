@@ -87,9 +87,9 @@ def parse_ehr(text: str | dict | None) -> dict | None:
 def validate_ehr(record: dict | None) -> dict | None:
     """Check fields, ranges and codes now (as the EHR head would, after minutes of work)."""
     if record:
-        from ..heads.ehr import fit_ehr_spec
+        from ..ehr_rules import check_record
 
-        fit_ehr_spec([record], strict=True)
+        return check_record(record, "--ehr")  # one rule with the manifest reader
     return record
 
 
