@@ -103,6 +103,10 @@ def _call(c: dict, tmp_path: Path):
         from OrthoDiffusionLib.pipeline.predict import parse_ehr, validate_ehr
 
         return validate_ehr(parse_ehr(kw["text"]))
+    if call == "get_model":
+        from OrthoDiffusionLib.pipeline.catalogue import get_model
+
+        return get_model(kw["model"])
     if call == "predict_job":
         from OrthoDiffusionLib.pipeline.config import PredictJob
         from OrthoDiffusionLib.pipeline.predict import predict_study
