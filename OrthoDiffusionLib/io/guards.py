@@ -157,18 +157,18 @@ def check_voxels(headers: list[HeaderInfo], max_voxels: int | None = DEFAULT_MAX
     (``views``: their voxel counts), above ``max_voxels``."""
     if not max_voxels:
         return
-    for n in views or ():
-        if n > max_voxels:
-            raise ResourceError(
-                f"reformatting the 3D series into the other planes gives views of {n:,} voxels ({human_bytes(n * 4)} "
-                f"per float32 copy), above --max-voxels {max_voxels:,} (the finest spacing over the whole field of "
-                "view); use --no-reformat, give the other planes as series, or raise --max-voxels")
     for h in headers:
         if h.voxels > max_voxels:
             raise ResourceError(
                 f"{h.source}: {h.shape_text()} = {h.voxels:,} voxels per volume ({human_bytes(h.stored_bytes)} of "
                 f"pixel data, {human_bytes(h.voxels * 4)} per float32 copy) is above --max-voxels {max_voxels:,}; "
                 "crop or downsample the series, or raise --max-voxels if this machine has the memory")
+    for n in views or ():
+        if n > max_voxels:
+            raise ResourceError(
+                f"reformatting the 3D series into the other planes gives views of {n:,} voxels ({human_bytes(n * 4)} "
+                f"per float32 copy), above --max-voxels {max_voxels:,} (the finest spacing over the whole field of "
+                "view); use --no-reformat, give the other planes as series, or raise --max-voxels")
 
 
 def human_bytes(n: float) -> str:

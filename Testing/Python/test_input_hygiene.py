@@ -314,6 +314,16 @@ def test_non_utf8_names_give_one_line_not_an_abort(tmp_path, where):
         assert not (tmp_path / "out").exists()
 
 
+def test_non_utf8_out_folder_is_refused_before_the_computation(tmp_path):
+    """SimpleITK would abort when writing labels.nrrd there, after the whole computation."""
+    out = os.fsdecode(os.fsencode(tmp_path) + b"/" + LATIN1)
+    proc = _cli("predict", str(SAMPLE), "--out", out, "--device", "cpu")
+    err = proc.stderr.decode("utf-8", "replace")
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert proc.returncode == 2 and len(lines) == 1 and "--out" in lines[0] and "not UTF-8" in lines[0], err
+    assert os.listdir(tmp_path) == []
+
+
 # --------------------------------------------------------------------- reformat memory estimate
 def test_memory_estimate_covers_the_reformatted_views(tmp_path):
     """A volume fine along one axis and coarse along two: each view is 40x the volume. Before: the
