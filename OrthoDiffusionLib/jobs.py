@@ -91,6 +91,10 @@ class PredictJob:
             raise UserError(f"--draws must be between 1 and 32, got {self.draws}")
         if self.reference is not None and self.reference not in PLANES:
             raise UserError(f"--reference must be one of {', '.join(PLANES)}, got '{self.reference}'")
+        if self.out:
+            from .io.paths import itk_path
+
+            itk_path(self.out, "--out")  # SimpleITK would abort the process when writing the images there
 
     def to_dict(self) -> dict:
         return asdict(self)

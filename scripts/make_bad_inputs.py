@@ -400,6 +400,122 @@ def ehr_and_argument_cases(d: Path) -> None:
          job(model="no-such-model"), 2, "unknown model 'no-such-model'")
 
 
+# ----------------------------------------------------------------- input hygiene (issue #17)
+def _nhdr(path: Path, data_line: str, sizes: str = "24 24 8", type_: str = "short") -> None:
+    path.write_text(f"NRRD0004\ntype: {type_}\ndimension: 3\nsizes: {sizes}\nspacings: 0.5 0.5 3\n"
+                    f"encoding: raw\nendian: little\n{data_line}\n")
+
+
+def hygiene_cases(d: Path) -> None:
+    import os
+
+    h = d / "headers"
+    h.mkdir()
+    (h / "knee.raw").write_bytes(knee_like().astype("<i2").tobytes())
+    for cid, name, text, what, fragment in (
+            ("header_etc_passwd", "passwd.nhdr", "data file: /etc/passwd",
+             "detached NRRD header whose data file is /etc/passwd", "absolute path ('/etc/passwd')"),
+            ("header_dev_stdin", "stdin.nhdr", "data file: /dev/stdin",
+             "detached NRRD header reading /dev/stdin (ITK blocks)", "absolute path ('/dev/stdin')"),
+            ("header_parent_dir", "parent.nhdr", "datafile: ../headers/knee.raw",
+             "data file reached through '..'", "outside its own folder"),
+            ("header_subfolder", "sub.nhdr", "data file: sub/knee.raw", "data file in a sub-folder",
+             "outside its own folder"),
+            ("header_list_outside", "list.nhdr", "data file: LIST 2\nknee.raw\n/etc/hostname",
+             "a LIST naming a file outside the folder", "absolute path ('/etc/hostname')"),
+            ("header_pattern_endless", "pattern.nhdr", "data file: s%03d.raw 0 1000000000 1 2",
+             "a printf-style pattern over a billion files", "above 10,000 files"),
+            ("header_link_out", "link.nhdr", "data file: link.raw",
+             "data file is a symbolic link to /etc/passwd", "is a link to /etc/passwd")):
+        _nhdr(h / name, text)
+        case(cid, what, predict(f"{{bad}}/headers/{name}"), study(f"{{bad}}/headers/{name}"), 2, fragment)
+    os.symlink("/etc/passwd", h / "link.raw")
+    (h / "passwd.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 24 24 8\nElementType = MET_SHORT\n"
+                                  "ElementDataFile = /etc/passwd\n")
+    case("header_mhd_etc_passwd", "MetaImage header whose ElementDataFile is /etc/passwd",
+         predict("{bad}/headers/passwd.mhd"), study("{bad}/headers/passwd.mhd"), 2, "absolute path ('/etc/passwd')")
+    (h / "list.mhd").write_text("ObjectType = Image\nNDims = 3\nDimSize = 24 24 8\nElementType = MET_SHORT\n"
+                                "ElementDataFile = LIST 2D\nknee.raw\n../headers/knee.raw\n")
+    case("header_mhd_list_parent", "MetaImage LIST naming '../'", predict("{bad}/headers/list.mhd"),
+         study("{bad}/headers/list.mhd"), 2, "outside its own folder")
+
+    o = d / "own_outputs"
+    o.mkdir()
+    lab = sitk.Cast(image(np.zeros(SHAPE, np.uint8) + (knee_like() > 400).astype(np.uint8)), sitk.sitkUInt8)
+    write(lab, o / "labels.nrrd")
+    case("own_labels", "the tool's labels.nrrd given as the scan", predict("{bad}/own_outputs/labels.nrrd"),
+         study("{bad}/own_outputs/labels.nrrd"), 2, "is an output of orthodiffusion (labels.nrrd)")
+    write(lab, o / "knee.seg.nrrd")
+    case("own_segmentation", "a .seg.nrrd given as the scan", predict("{bad}/own_outputs/knee.seg.nrrd"),
+         study("{bad}/own_outputs/knee.seg.nrrd"), 2, "is a segmentation")
+    renamed = image(knee_like().astype(np.float32))
+    renamed.SetMetaData("OrthoDiffusion_Disclaimer", "Research use only, not for clinical decisions.")
+    write(renamed, o / "knee_t2.nrrd")
+    case("own_output_renamed", "an uncertainty map renamed knee_t2.nrrd (the header says who wrote it)",
+         predict("{bad}/own_outputs/knee_t2.nrrd"), study("{bad}/own_outputs/knee_t2.nrrd"), 2,
+         "header carries the tool's disclaimer")
+
+    arr = knee_like().astype(np.float32)
+    comp = sitk.GetImageFromArray(arr.astype(np.complex64) + 1j * arr)
+    comp.SetSpacing((0.5, 0.5, 3.0))
+    write(comp, d / "complex.nrrd")
+    case("complex_voxels", "complex-valued voxels (real and imaginary parts)", predict("{bad}/complex.nrrd"),
+         study("{bad}/complex.nrrd"), 2, "complex-valued voxels")
+    neg = knee_like().astype(np.float32)
+    neg[4, 6, 6] = -np.inf
+    write(image(neg), d / "ninf_voxels.nrrd")
+    case("ninf_voxels", "float volume with a -Inf voxel", predict("{bad}/ninf_voxels.nrrd"),
+         study("{bad}/ninf_voxels.nrrd"), 2, "NaN or infinite voxels")
+    write(image(knee_like().astype(np.float32)), d / "_f.nii", compress=False)
+    raw = bytearray((d / "_f.nii").read_bytes())
+    (d / "_f.nii").unlink()
+    struct.pack_into("<f", raw, 352 + 4 * 100, float("inf"))  # ITK's NIfTI reader would return 0 here
+    (d / "inf_voxels.nii").write_bytes(bytes(raw))
+    case("nifti_inf_voxels", "NIfTI storing an Inf voxel (ITK reads it as 0)", predict("{bad}/inf_voxels.nii"),
+         study("{bad}/inf_voxels.nii"), 2, "NaN or infinite voxels (stored in the file")
+    write(image(knee_like().astype(np.float32) * np.float32(1e35)), d / "near_float_max.nrrd")
+    case("near_float32_max", "float32 voxels near 3.4e38 (max - min overflows)", predict("{bad}/near_float_max.nrrd"),
+         study("{bad}/near_float_max.nrrd"), 2, "float32 range")
+    aniso = image(np.tile(knee_like()[:, :, :1], (1, 1, 800)), spacing=(0.1, 4.0, 4.0))
+    write(aniso, d / "anisotropic.nrrd")
+    case("reformat_views_too_big", "0.1x4x4 mm volume (154k voxels) whose reformatted views have 6.1 M voxels each (--reformat)",
+         predict("{bad}/anisotropic.nrrd", "--reformat", "--max-voxels", "2000000"),
+         {"call": "guard", "kwargs": {"inputs": ["{bad}/anisotropic.nrrd"], "reformat": True,
+                                      "max_voxels": 2000000}}, 3, "reformatting the 3D series")
+
+    for cid, folder, text, fragment in (("model_json_broken", "model_broken", "{\"id\": \"x\",", "invalid JSON"),
+                                        ("model_json_deep", "model_deep", "[" * 5000 + "]" * 5000, "nested too deeply"),
+                                        ("model_json_not_entry", "model_list", "[1, 2]", "model entry")):
+        (d / folder).mkdir()
+        (d / folder / "model.json").write_text(text)
+        case(cid, f"--model pointing at a folder whose model.json is {cid.split('_')[-1]}",
+             predict("{sample}", "--model", f"{{bad}}/{folder}"),
+             {"call": "get_model", "kwargs": {"model": f"{{bad}}/{folder}"}}, 2, fragment)
+
+    m = d / "manifests"
+    for cid, text, what, fragment in (
+            ("reserved_study_id", f"{MANIFEST_HEADER}\nerrors.csv,P1,knee.nrrd,,\n", "study_id errors.csv",
+             "a name the cohort output folder uses itself"),
+            ("hidden_study_id", f"{MANIFEST_HEADER}\n.staging-S1,P1,knee.nrrd,,\n", "study_id starting with '.'",
+             "starts with '.'"),
+            ("age_nan", f"{MANIFEST_HEADER},age\nS1,P1,knee.nrrd,,,NaN\n", "EHR age NaN", "is not a number"),
+            ("patient_type_unknown", f"{MANIFEST_HEADER},patient_type\nS1,P1,knee.nrrd,,,astronaut\n",
+             "EHR patient_type not in the vocabulary", "is not one of outpatient")):
+        (m / f"{cid}.csv").write_text(text)
+        case(f"manifest_{cid}", what, ["predict", "--manifest", f"{{bad}}/manifests/{cid}.csv", "--out", "{out}",
+                                       "--device", "cpu"],
+             {"call": "read_manifest", "kwargs": {"path": f"{{bad}}/manifests/{cid}.csv"}}, 2, fragment)
+
+    for cid, text, fragment in (("ehr_age_nan", "age=NaN", "is not a number"),
+                                ("ehr_event_unknown", "event=skydiving", "is not one of sport"),
+                                ("ehr_sex_x", "sex=x", "is not one of F, M")):
+        case(cid, f"--ehr {text}", predict("{sample}", "--ehr", text), {"call": "ehr", "kwargs": {"text": text}}, 2,
+             fragment)
+    (d / "ehr_true.json").write_text('{"age": true}\n')
+    case("ehr_json_true", "--ehr JSON with age true", predict("{sample}", "--ehr", "{bad}/ehr_true.json"),
+         {"call": "ehr", "kwargs": {"text": "{bad}/ehr_true.json"}}, 2, "is not a number")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=str(Path(__file__).resolve().parents[1] / "Testing" / "Data" / "bad"))
@@ -414,6 +530,7 @@ def main(argv=None) -> int:
     label_cases(out)
     manifest_cases(out)
     ehr_and_argument_cases(out)
+    hygiene_cases(out)
     ids = [c["id"] for c in CASES]
     assert len(ids) == len(set(ids)), "duplicate case ids"
     (out / "cases.json").write_text(json.dumps({

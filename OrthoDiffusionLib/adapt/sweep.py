@@ -20,13 +20,14 @@ Research use only; scores on the synthetic test bed are not clinical performance
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
 from pathlib import Path
 
 import numpy as np
+
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
 PLANES = ("sagittal", "coronal", "axial")
 
@@ -252,7 +253,7 @@ def run_sweep(manifest_path, model: str, timesteps, blocks, out, label_fraction:
     out = claim_folder(out, "sweep")
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER} Linear-probe macro AUROC per plane, timestep and block.\n")
-    w = csv.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
+    w = csvsafe.DictWriter(buf, fieldnames=list(table[0]), lineterminator="\n")
     w.writeheader()
     for r in table:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

@@ -41,6 +41,14 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"orthodiffusion {args.command}: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except OSError as exc:  # a full disk or a folder it may not write: one line too
+        from ..diskspace import as_user_error
+
+        user = as_user_error(exc)
+        if user is None:
+            raise
+        print(f"orthodiffusion {args.command}: error: {user}", file=sys.stderr)
+        return user.exit_code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

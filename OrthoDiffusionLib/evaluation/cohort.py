@@ -106,7 +106,9 @@ def read_errors_csv(predictions_dir) -> dict[str, str]:
         return {}
     with open(path, newline="", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(line for line in f if not line.startswith("#"))]
-    return {r.get("study_id", ""): r.get("error", "") for r in rows if r.get("study_id")}
+    from ..csvsafe import unescape  # study ids were escaped against formula injection
+
+    return {unescape(r.get("study_id", "")): unescape(r.get("error", "")) for r in rows if r.get("study_id")}
 
 
 def load_cohort_predictions(manifest, predictions_dir, split: str | None = None,
@@ -171,6 +173,9 @@ def ground_truth_on_grid(gt_path: Path, pred_img):
 
     from ..results.folder import _same_grid
 
+    from ..io.volumes import check_volume_path
+
+    check_volume_path(gt_path, allow_outputs=True)  # data files next to the header, never a device
     gt = sitk.ReadImage(str(gt_path))
     if gt.GetDimension() != 3 or gt.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"label map {gt_path} must be a 3D single-component image")

@@ -10,7 +10,6 @@ carrying the research-use disclaimer.
 
 from __future__ import annotations
 
-import csv
 import io
 import math
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 from .. import DISCLAIMER, __version__
 from ..errors import InputError
 from ..storage import atomic_write_json, atomic_write_text
@@ -51,7 +51,7 @@ def write_csv(path, rows: list[dict], columns: list[str] | None = None) -> Path:
         columns = list(dict.fromkeys(k for r in rows for k in r))
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER}\n")
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
         w.writerow([_cell(r.get(c)) for c in columns])

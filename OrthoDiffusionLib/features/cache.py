@@ -4,8 +4,11 @@ concurrent writers of the same key cannot leave a torn file (both write identica
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
+import os
 from pathlib import Path
 
 import torch
@@ -26,6 +29,7 @@ class FeatureCache:
         self.root = Path(root) if root else default_cache_dir()
         self.hits = 0
         self.misses = 0
+        self.disabled = False  # set when the folder cannot be written: then entries are not stored
 
     @staticmethod
     def key_digest(key: dict) -> str:
@@ -52,11 +56,26 @@ class FeatureCache:
         self.hits += 1
         return value
 
-    def put(self, key: dict, value: torch.Tensor) -> Path:
+    def put(self, key: dict, value: torch.Tensor) -> Path | None:
+        """Store one entry; on a read-only, forbidden or full cache folder warn once and go on
+        without caching (the computation does not need the cache)."""
+        from safetensors import SafetensorError
         from safetensors.torch import save_file
 
+        if self.disabled:
+            return None
         path = self.path_for(key)
-        with atomic_path(path) as tmp:
-            save_file({"features": value.contiguous()}, str(tmp),
-                      metadata={"key": json.dumps(key, sort_keys=True)})
+        try:
+            with atomic_path(path) as tmp:
+                save_file({"features": value.contiguous()}, str(tmp),
+                          metadata={"key": json.dumps(key, sort_keys=True)})
+        except (OSError, SafetensorError) as exc:
+            if isinstance(exc, OSError) and exc.errno not in (errno.EACCES, errno.EPERM, errno.EROFS,
+                                                                 errno.ENOSPC, errno.EDQUOT):
+                raise
+            self.disabled = True
+            why = os.strerror(exc.errno) if isinstance(exc, OSError) and exc.errno else str(exc).splitlines()[0]
+            logging.getLogger("orthodiffusion").warning(
+                f"warning: feature cache {self.root} is not writable ({why}); continuing without caching")
+            return None
         return path

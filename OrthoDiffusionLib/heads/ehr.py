@@ -25,8 +25,8 @@ from torch import nn
 from ..errors import UserError
 from .registry import register_head
 
-from ..ehr_fields import (CATEGORICAL_FIELDS, EHR_FIELDS, NUMERIC_FIELDS, NUMERIC_RANGES,  # noqa: F401
-                          SEX_UNKNOWN, SEX_VALUES)
+from ..ehr import (CATEGORICAL_FIELDS, EHR_FIELDS, NUMERIC_FIELDS, NUMERIC_RANGES,  # noqa: F401
+                   SEX_UNKNOWN, SEX_VALUES)
 
 DEFAULT_STATS = {"age": (45.0, 15.0), "height_cm": (170.0, 10.0), "weight_kg": (75.0, 15.0)}
 

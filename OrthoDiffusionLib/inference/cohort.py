@@ -22,7 +22,6 @@ spread, per-plane expert probabilities, MPAE weights, segmentation entropy) that
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 import traceback
@@ -30,6 +29,8 @@ from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
+
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
 SUMMARY_FILE = "uncertainty_summary.json"
 ERRORS_FILE = "errors.csv"
@@ -223,7 +224,7 @@ def _write_reports(out: Path, outcomes: list, n_rows: int, settings: dict, worke
     if errors:
         with atomic_path(errors_csv) as tmp, open(tmp, "w", newline="", encoding="utf-8") as f:
             f.write(f"# {DISCLAIMER}\n")
-            w = csv.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
+            w = csvsafe.DictWriter(f, fieldnames=["study_id", "error", "trace"], extrasaction="ignore")
             w.writeheader()
             w.writerows(sorted(errors, key=lambda o: o["study_id"]))
         record_files(out, "cohort", ERRORS_FILE)

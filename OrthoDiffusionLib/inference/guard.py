@@ -22,7 +22,7 @@ import json
 from dataclasses import dataclass, field
 
 from ..errors import ResourceError
-from ..io.guards import DEFAULT_MAX_VOXELS, HeaderInfo, check_voxels, read_headers
+from ..io.guards import DEFAULT_MAX_VOXELS, HeaderInfo, check_voxels, read_headers, reformat_view_voxels
 
 PLANES = ("sagittal", "coronal", "axial")
 RESBLOCK_TENSORS = 5
@@ -94,8 +94,11 @@ def _activation_bytes(cfg: dict, spec, batch: int) -> int:
     return RESBLOCK_TENSORS * level0 + attention
 
 
-def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int) -> MemoryEstimate:
-    """Estimate for one study given its image headers and the model spec (no weights loaded)."""
+def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int,
+                            views: list[int] | None = None) -> MemoryEstimate:
+    """Estimate for one study given its image headers and the model spec (no weights loaded);
+    ``views``: voxels of the reformatted views (``reformat_view_voxels``), each a float32 image and
+    possibly the reference grid."""
     from ..labelsets import load_label_set
 
     n_classes = len(load_label_set((spec.label_sets or {}).get("structures", "knee-11")).labels) + 1  # + background
@@ -103,9 +106,10 @@ def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int) -> Memo
     weights = sum(spec.backbone_path(p).stat().st_size for p in planes if spec.backbone_path(p).is_file())
     heads_dir = spec.shipped_heads
     weights += sum(f.stat().st_size for f in heads_dir.rglob("weights.safetensors")) if heads_dir.is_dir() else 0
-    largest = max((h.voxels for h in headers), default=0)
+    views = list(views or [])
+    largest = max([h.voxels for h in headers] + views, default=0)
     n_planes = len(planes)
-    loading = sum(h.stored_bytes for h in headers) + n_planes * largest * 4
+    loading = sum(h.stored_bytes for h in headers) + n_planes * largest * 4 + 4 * sum(views)
     batch = min(4, max(1, draws))
     backbone = max((_activation_bytes(_backbone_config(spec, p), spec, batch) for p in planes), default=0)
     seg_planes = [p for p in (spec.segmentation_planes or []) if p in planes]
@@ -116,15 +120,17 @@ def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int) -> Memo
 
 
 def guard_predict(inputs, model: str, draws: int, max_voxels: int | None = DEFAULT_MAX_VOXELS,
-                  max_memory_gb: float | None = None, available: int | None = None, log=print) -> MemoryEstimate:
+                  max_memory_gb: float | None = None, available: int | None = None, log=print,
+                  reformat: bool | None = None) -> MemoryEstimate:
     """Refuse (ResourceError) a study above ``max_voxels`` per image or whose memory estimate is
     above what is available (or above ``max_memory_gb``); runs on headers only."""
     from ..models.catalogue import get_model
 
     headers = [h for p in inputs for h in read_headers(p)]
-    check_voxels(headers, max_voxels)
+    views = reformat_view_voxels(headers, reformat)  # a reformat can need far more than the volume
+    check_voxels(headers, max_voxels, views)
     spec = get_model(model)
-    estimate = estimate_predict_memory(headers, spec, draws)
+    estimate = estimate_predict_memory(headers, spec, draws, views)
     available = available if available is not None else available_memory_bytes()
     limits = [(v, why) for v, why in ((available, "is available on this machine"),
                                       (None if max_memory_gb is None else int(max_memory_gb * GB), "is allowed by --max-memory"))

@@ -87,9 +87,9 @@ def parse_ehr(text: str | dict | None) -> dict | None:
 def validate_ehr(record: dict | None) -> dict | None:
     """Check fields, ranges and codes now (as the EHR head would, after minutes of work)."""
     if record:
-        from ..heads.ehr import fit_ehr_spec
+        from ..ehr import check_record
 
-        fit_ehr_spec([record], strict=True)
+        return check_record(record, "--ehr")  # one rule with the manifest reader
     return record
 
 
@@ -176,9 +176,9 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     from ..heads import fuse_plane_probabilities
     from ..io import load_study, preprocess, volume_hash
     from ..labelsets import load_label_set
-    from ..results.folder import CaseResult, Finding, write_result_folder
+    from ..io.headers import source_sha256  # the header and its detached data files
     from ..ownership import check_replaceable, refuse_inputs_inside
-    from ..storage import sha256_file
+    from ..results.folder import CaseResult, Finding, write_result_folder
     from .guard import guard_predict
 
     job.validate()
@@ -193,7 +193,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     if write:
         check_replaceable(job.out, "case")
         refuse_inputs_inside(job.out, job.inputs)
-    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log)
+    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log,
+                  reformat=job.reformat)
     ehr = validate_ehr(parse_ehr(job.ehr))
     study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)
     device = loaded.device if loaded else resolve_device(job.device)
@@ -220,6 +221,8 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
         model = loaded.backbones[plane][0]
         arr, tr = preprocess(series.image, mode=spec.preprocessing, plane=plane, depth=model.config.depth_size,
                              size=(model.config.image_size, model.config.image_size))
+        if tr.warning:  # the outlier guard clipped saturated voxels
+            warnings.append(tr.warning)
         planes[plane] = PlaneData(plane, str(series.info.source), bool(series.info.reformatted), series.image,
                                   arr, tr, volume_hash(series.image))
 
@@ -306,7 +309,7 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
         "feature_spec": {p: {**spec.planes[p], "draws": k, "seed": seed, "preprocessing": spec.preprocessing}
                          for p in planes},
         "inputs": {p: {"source": pd.source, "reformatted": pd.reformatted, "content_hash": pd.content_hash,
-                       **({"file_sha256": sha256_file(pd.source)} if Path(pd.source).is_file() else {})}
+                       **({"file_sha256": source_sha256(pd.source)} if Path(pd.source).is_file() else {})}
                    for p, pd in planes.items()},
         "planes_used": list(planes), "planes_missing": [p for p in PLANES if p not in planes],
         "reformatted_planes": [p for p, pd in planes.items() if pd.reformatted],

@@ -19,13 +19,14 @@ dominates by its units. Higher = more uncertain = annotate first. Research use o
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
 SCORE_COMPONENTS = ("draw_spread", "plane_disagreement", "seg_entropy")
 COLUMNS = ("rank", "study_id", "score", "draw_spread", "plane_disagreement", "gate_entropy", "seg_entropy",
@@ -76,7 +77,7 @@ def write_ranking(rows: list[dict], path: Path) -> Path:
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER} Uncertainty ranking for annotation; score = mean percentile rank of "
               f"{', '.join(SCORE_COMPONENTS)} (higher = annotate first).\n")
-    w = csv.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
+    w = csvsafe.DictWriter(buf, fieldnames=COLUMNS, extrasaction="ignore", lineterminator="\n")
     w.writeheader()
     for r in rows:
         w.writerow({k: (f"{v:.6g}" if isinstance(v, float) else v) for k, v in r.items()})

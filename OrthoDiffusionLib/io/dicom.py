@@ -107,16 +107,83 @@ def _quiet_itk():
         sitk.ProcessObject.SetGlobalWarningDisplay(previous)
 
 
-def _series_in_folder(folder: str) -> list[tuple[str, list[str]]]:
-    reader = sitk.ImageSeriesReader
-    with _quiet_itk():
-        return [(uid, list(reader.GetGDCMSeriesFileNames(folder, uid))) for uid in reader.GetGDCMSeriesIDs(folder)]
+PIXEL_DATA = 0x7FE00010
+
+
+def _index_file(path: str) -> tuple[str, tuple] | None:
+    """(series UID, sort key) of a DICOM image file; None for anything else (not DICOM, no pixel
+    data, or pixel data cut short: GDCM skipped those too, the folder note counts them)."""
+    import pydicom
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(132)
+        # files without the 128-byte preamble (old ACR-NEMA style) start with a group 0002/0008 tag
+        force = head[128:132] != b"DICM" and head[:2] in (b"\x02\x00", b"\x08\x00")
+        if head[128:132] != b"DICM" and not force:
+            return None
+        ds = pydicom.dcmread(path, defer_size=256, force=force)  # headers only: big values are skipped
+        raw = ds._dict.get(PIXEL_DATA)
+        uid = str(ds.get("SeriesInstanceUID", "") or "")
+    except Exception:  # pydicom raises many types on damaged files; such a file is simply not a slice
+        return None
+    if raw is None or not uid:
+        return None
+    tell = getattr(raw, "value_tell", None)
+    if tell is not None and raw.length != 0xFFFFFFFF and tell + raw.length > os.path.getsize(path):
+        return None
+    position = _floats(ds.get("ImagePositionPatient"), 3)
+    orientation = _floats(ds.get("ImageOrientationPatient"), 6)
+    try:
+        number = int(ds.get("InstanceNumber") or 0)
+    except (TypeError, ValueError):
+        number = 0
+    return uid, (orientation, position, number, os.path.basename(path))
+
+
+def _ordered(entries: list[tuple]) -> list[str]:
+    """File names of one series in slice order, as GDCM orders them: by position along the slice
+    normal when every slice has a distinct one, else by instance number when those are distinct,
+    else by file name (two echoes at the same positions come out by name, as from GDCM)."""
+    import numpy as np
+
+    iop = entries[0][1][0]
+    if iop is not None and all(e[1][1] is not None for e in entries):
+        normal = np.cross(np.asarray(iop[:3]), np.asarray(iop[3:]))
+        dist = {e[0]: float(np.dot(normal, e[1][1])) for e in entries}
+        if len({round(d, 6) for d in dist.values()}) == len(entries):
+            return sorted(dist, key=dist.get)
+    if len({e[1][2] for e in entries}) == len(entries):
+        return [e[0] for e in sorted(entries, key=lambda e: e[1][2])]
+    return [e[0] for e in sorted(entries, key=lambda e: e[1][3])]
 
 
 def find_dicom_series(root: Path, recursive: bool = True) -> list[tuple[Path, str, list[str]]]:
-    """(folder, series UID, ordered file names) of every DICOM series under ``root``."""
-    folders = sorted(str(f) for f, _d, _n in os.walk(root)) if recursive else [str(root)]
-    return [(Path(folder), uid, files) for folder in folders for uid, files in _series_in_folder(folder)]
+    """(folder, series UID, ordered file names) of every DICOM series under ``root``.
+
+    One pass over the files (each header read once, pixel data skipped), so the time grows with the
+    file count; GDCM's per-series rescans of the folder made it quadratic. Result folders of the
+    tool are not searched (their DICOM SEG is not a scan).
+    """
+    from .own_outputs import is_result_folder
+    from .paths import itk_path, is_utf8_path
+
+    out = []
+    for folder, dirs, names in (os.walk(root) if recursive else [(str(root), [], os.listdir(root))]):
+        dirs[:] = sorted(d for d in dirs if not is_result_folder(os.path.join(folder, d)))
+        series: dict[str, list[tuple]] = {}
+        for name in sorted(names):
+            path = os.path.join(folder, name)
+            if not os.path.isfile(path):  # devices, pipes and broken links are never opened
+                continue
+            entry = _index_file(path)
+            if entry is None:
+                continue
+            if not is_utf8_path(path):
+                itk_path(path, "DICOM file")  # ITK cannot take the name: one line instead of an abort
+            series.setdefault(entry[0], []).append((path, entry[1]))
+        out += [(Path(folder), uid, _ordered(series[uid])) for uid in sorted(series)]
+    return sorted(out, key=lambda s: (str(s[0]), s[1]))
 
 
 def read_dicom_series(folder: Path, uid: str, files: list[str], echo: int | None,
@@ -143,7 +210,8 @@ def read_dicom_series(folder: Path, uid: str, files: list[str], echo: int | None
         chosen = echo
     if len(files) < 2:
         raise InputError(f"{label}: has a single slice (2D image); give a series with several slices")
-    check_slice_geometry([t for f, t in zip(per_file_all, per_file) if f in set(files)], label)
+    kept = set(files)
+    check_slice_geometry([t for f, t in zip(per_file_all, per_file) if f in kept], label)
     reader = sitk.ImageSeriesReader()
     reader.SetFileNames(files)
     try:

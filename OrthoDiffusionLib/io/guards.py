@@ -26,6 +26,9 @@ class HeaderInfo:
     size: tuple[int, ...]          # as stored (x, y, z[, t]); a DICOM series: (columns, rows, files)
     components: int = 1
     bytes_per_component: int = 2
+    spacing: tuple[float, ...] | None = None     # with origin and direction: the grid, for the reformat estimate
+    origin: tuple[float, ...] | None = None
+    direction: tuple[float, ...] | None = None
 
     @property
     def voxels(self) -> int:
@@ -42,6 +45,9 @@ class HeaderInfo:
 
 
 def _file_header(path: Path) -> HeaderInfo | None:
+    from .volumes import check_volume_path
+
+    check_volume_path(path)  # a hostile header is refused before ITK reads even its header
     reader = sitk.ImageFileReader()
     reader.SetFileName(str(path))
     try:
@@ -50,7 +56,25 @@ def _file_header(path: Path) -> HeaderInfo | None:
         return None
     pixel = sitk.Image(1, 1, reader.GetPixelID())  # one pixel, only to ask for the component size
     return HeaderInfo(str(path), tuple(int(v) for v in reader.GetSize()), int(reader.GetNumberOfComponents()),
-                      int(pixel.GetSizeOfPixelComponent()))
+                      int(pixel.GetSizeOfPixelComponent()), tuple(reader.GetSpacing()), tuple(reader.GetOrigin()),
+                      tuple(reader.GetDirection()))
+
+
+def _dicom_grid(first, second) -> tuple | None:
+    """(spacing, origin, direction) of a series from its first two slices; None when tags are missing."""
+    import numpy as np
+
+    try:
+        iop = np.asarray([float(v) for v in first.ImageOrientationPatient], dtype=float)
+        ipp = np.asarray([float(v) for v in first.ImagePositionPatient], dtype=float)
+        row_mm, col_mm = (float(v) for v in first.PixelSpacing)
+        normal = np.cross(iop[:3], iop[3:])
+        step = abs(float(np.dot(normal, np.asarray([float(v) for v in second.ImagePositionPatient]) - ipp)))
+        step = step or float(getattr(first, "SliceThickness", 0) or 1.0)
+    except (AttributeError, TypeError, ValueError):
+        return None
+    direction = np.stack([iop[:3], iop[3:], normal], axis=1)
+    return (col_mm, row_mm, step), tuple(ipp), tuple(direction.ravel())
 
 
 def _dicom_headers(root: Path, recursive: bool = True) -> list[HeaderInfo]:
@@ -64,15 +88,58 @@ def _dicom_headers(root: Path, recursive: bool = True) -> list[HeaderInfo]:
         rows, cols = int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
         bits = int(getattr(ds, "BitsAllocated", 16) or 16)
         samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
-        out.append(HeaderInfo(str(folder), (cols, rows, len(files)), samples, max(1, bits // 8)))
+        second = pydicom.dcmread(files[1], stop_before_pixels=True, force=True) if len(files) > 1 else ds
+        grid = _dicom_grid(ds, second) or (None, None, None)
+        out.append(HeaderInfo(str(folder), (cols, rows, len(files)), samples, max(1, bits // 8), *grid))
     return out
+
+
+def reformat_view_voxels(headers: list[HeaderInfo], reformat: bool | None = None,
+                         slice_mm: float | None = None) -> list[int]:
+    """Voxels of each view ``assign_planes`` would reformat from these headers (an upper bound: every
+    plane but the source's own). Views of a strongly anisotropic or oblique volume are far larger
+    than the volume: in-plane spacing is the finest source spacing, over the whole physical box."""
+    import numpy as np
+
+    from .geometry import Geometry
+    from .planes import FINE_SLICE_MM, ISOTROPIC_RATIO, MIN_3D_SLICES, PLANES, cardinal_grid, detect_plane
+
+    grids = [h for h in headers if h.spacing is not None and len(h.size) >= 3 and len(h.spacing) >= 3]
+    if reformat is False or not grids:
+        return []
+
+    def is_3d(h: HeaderInfo) -> bool:
+        sp = np.asarray(h.spacing[:3], dtype=float)
+        return bool(min(h.size[:3]) >= 1 and max(h.size[:3]) >= MIN_3D_SLICES
+                    and (sp.max() / sp.min() < ISOTROPIC_RATIO or sp.max() <= FINE_SLICE_MM))
+
+    if reformat is None and not (len(headers) == 1 and is_3d(grids[0])):
+        return []
+    source = max(grids, key=lambda h: (is_3d(h), h.size[2]))
+    spacing = tuple(float(v) for v in source.spacing[:3])
+    direction = tuple(float(v) for v in (source.direction or np.eye(3).ravel())[:9])
+    if min(spacing) <= 0 or not np.all(np.isfinite(spacing + direction)):
+        return []  # the loader refuses such a header with its own message
+    geometry = Geometry(tuple(int(v) for v in source.size[:3]), spacing,
+                        tuple(float(v) for v in (source.origin or (0.0, 0.0, 0.0))[:3]), direction)
+    probe = sitk.Image([1, 1, 1], sitk.sitkUInt8)  # one voxel: detect_plane only reads spacing and direction
+    probe.SetSpacing(spacing)
+    try:
+        probe.SetDirection(direction)
+    except RuntimeError:
+        return []
+    native, _ = detect_plane(probe)
+    thickness = float(slice_mm if slice_mm is not None else max(spacing))
+    return [math.prod(cardinal_grid(geometry, p, min(spacing), thickness).size) for p in PLANES if p != native]
 
 
 def read_headers(path: str | os.PathLike) -> list[HeaderInfo]:
     """Header of every image ``path`` (a file or a folder) would load; nothing unreadable."""
     from .dicom import is_dicom_file
-    from .volumes import is_volume_file
+    from .paths import itk_path
+    from .volumes import volume_files_in
 
+    itk_path(path)
     path = Path(path)
     if path.is_file():
         if is_dicom_file(path):
@@ -80,13 +147,14 @@ def read_headers(path: str | os.PathLike) -> list[HeaderInfo]:
         header = _file_header(path)
         return [header] if header else []
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and is_volume_file(p))
-        return _dicom_headers(path) + [h for h in map(_file_header, files) if h]
+        return _dicom_headers(path) + [h for h in map(_file_header, volume_files_in(path)) if h]
     return []
 
 
-def check_voxels(headers: list[HeaderInfo], max_voxels: int | None = DEFAULT_MAX_VOXELS) -> None:
-    """ResourceError (with the size and an estimate) for an image above ``max_voxels``."""
+def check_voxels(headers: list[HeaderInfo], max_voxels: int | None = DEFAULT_MAX_VOXELS,
+                 views: list[int] | None = None) -> None:
+    """ResourceError (with the size and an estimate) for an image, or a reformatted view of one
+    (``views``: their voxel counts), above ``max_voxels``."""
     if not max_voxels:
         return
     for h in headers:
@@ -95,6 +163,12 @@ def check_voxels(headers: list[HeaderInfo], max_voxels: int | None = DEFAULT_MAX
                 f"{h.source}: {h.shape_text()} = {h.voxels:,} voxels per volume ({human_bytes(h.stored_bytes)} of "
                 f"pixel data, {human_bytes(h.voxels * 4)} per float32 copy) is above --max-voxels {max_voxels:,}; "
                 "crop or downsample the series, or raise --max-voxels if this machine has the memory")
+    for n in views or ():
+        if n > max_voxels:
+            raise ResourceError(
+                f"reformatting the 3D series into the other planes gives views of {n:,} voxels ({human_bytes(n * 4)} "
+                f"per float32 copy), above --max-voxels {max_voxels:,} (the finest spacing over the whole field of "
+                "view); use --no-reformat, give the other planes as series, or raise --max-voxels")
 
 
 def human_bytes(n: float) -> str:
@@ -123,17 +197,16 @@ def _nifti_layout(path: Path) -> tuple[int, str] | None:
 
 
 def _detached_data_file(path: Path) -> Path | None:
-    """The raw data file a .nhdr / .mhd header names (None when attached, compressed or a list)."""
-    text = path.read_text(encoding="latin-1", errors="replace")
-    key = "data file:" if path.suffix.lower() == ".nhdr" else "ElementDataFile ="
-    if path.suffix.lower() == ".nhdr" and "encoding: raw" not in text:
+    """The one raw data file a .nhdr / .mhd header names (None when attached, compressed or several)."""
+    from .headers import data_files, header_refs
+
+    refs = header_refs(path)
+    if refs is None or refs.patterns or len(refs.names) != 1:
         return None
-    for line in text.splitlines():
-        if line.startswith(key):
-            name = line[len(key):].strip()
-            if name and name.upper() not in ("LOCAL", "LIST") and " " not in name:
-                return path.parent / name
-    return None
+    files = data_files(path)
+    if path.suffix.lower() == ".nhdr" and "encoding: raw" not in path.read_text(encoding="latin-1", errors="replace"):
+        return None
+    return files[0]
 
 
 def check_stored_size(path: str | os.PathLike) -> None:

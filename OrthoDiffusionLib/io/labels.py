@@ -28,8 +28,13 @@ def check_label_image(image: sitk.Image, where: str, label_set: str = "knee-11")
 
 def read_label_map(path: str | os.PathLike, label_set: str = "knee-11") -> sitk.Image:
     """Read and check a label map file (one-line InputError when unreadable or out of the set)."""
-    from .volumes import check_gzip_complete
+    from pathlib import Path
 
+    from .paths import itk_path
+    from .volumes import check_gzip_complete, check_volume_path
+
+    if Path(itk_path(path, "label map")).exists():
+        check_volume_path(path, allow_outputs=True)  # a corrected labels.nrrd is fine; a hostile header is not
     check_gzip_complete(path)  # ITK fills a truncated .gz with zeros silently
     try:
         image = sitk.ReadImage(str(path))

@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
+from ..ehr import EVENTS, PATIENT_TYPES, SEXES, check_value  # noqa: F401  (re-exported names)
 from ..errors import InputError
 from ..labelsets import load_label_set
 
@@ -29,10 +31,11 @@ LABEL_COLUMNS = ("labels_sagittal", "labels_coronal", "labels_axial", "labels_re
 REQUIRED = ("study_id", "patient_id") + PLANES
 EHR_COLUMNS = ("age", "sex", "height_cm", "weight_kg", "patient_type", "event")
 SITE_COLUMNS = ("center", "field_strength", "vendor", "annotated_classes", "split", "side")
-SEXES = ("F", "M")
-PATIENT_TYPES = ("outpatient", "inpatient", "emergency")
-EVENTS = ("sport", "fall", "traffic", "twisting", "none", "unknown")
 SPLITS = ("train", "val", "test")
+# Names a cohort output folder uses for itself (the same list as the output-ownership rules): a
+# study id becomes a case folder name there, so none may take one of these (before: a study id
+# errors.csv crashed the end of a cohort and the report said "0 failed").
+from ..ownership import COHORT_RESERVED as RESERVED_STUDY_IDS  # noqa: E402  (names a cohort folder uses itself)
 SIDES = ("left", "right")
 
 
@@ -93,6 +96,20 @@ class Manifest:
 
 def _where(path: Path, line: int, col: str) -> str:
     return f"{path}: line {line}, column '{col}'"
+
+
+def check_study_id(sid: str, where: str) -> str:
+    """A study id usable as a case folder name inside the cohort output folder."""
+    if sid in (".", "..") or any(c in sid for c in "/\\") or any(ord(c) < 32 for c in sid):
+        raise InputError(f"{where}: study_id {sid!r} cannot be a folder name (no '/', '\\', '..' or control "
+                         "characters); rename the study")
+    if sid.startswith("."):
+        raise InputError(f"{where}: study_id {sid!r} starts with '.', which the tool keeps for its hidden work "
+                         "folders; rename the study")
+    if sid.lower() in RESERVED_STUDY_IDS:
+        raise InputError(f"{where}: study_id {sid!r} is a name the cohort output folder uses itself "
+                         f"({', '.join(RESERVED_STUDY_IDS)}); rename the study")
+    return sid
 
 
 def _parse_int01(v: str, where: str) -> int | None:
@@ -175,12 +192,14 @@ def read_manifest(path: str | os.PathLike, label_set: str = "knee-8", check_file
     seen: dict[str, int] = {}
     reader.fieldnames = columns
     for line, raw in enumerate(reader, start=2):
-        rec = {k: (v if v is not None else "") for k, v in raw.items() if k is not None}
+        # a cell the tool escaped against formula injection ('=...) reads back as written
+        rec = {k: csvsafe.unescape(v if v is not None else "") for k, v in raw.items() if k is not None}
         if None in raw:
             raise InputError(f"{path}: line {line} has more fields than the header")
         sid = rec["study_id"].strip()
         if not sid:
             raise InputError(f"{_where(path, line, 'study_id')}: empty study_id")
+        check_study_id(sid, _where(path, line, "study_id"))
         if sid in seen:
             raise InputError(f"{path}: duplicate study_id '{sid}' on lines {seen[sid]} and {line}")
         seen[sid] = line
@@ -193,19 +212,8 @@ def read_manifest(path: str | os.PathLike, label_set: str = "knee-8", check_file
         labels = {c: _resolve(rec[c], root, _where(path, line, c), check_files)
                   for c in LABEL_COLUMNS if c in rec}
         findings = {k: _parse_int01(rec[k], _where(path, line, k)) for k in keys if k in rec}
-        ehr: dict = {}
-        if "age" in rec:
-            ehr["age"] = _parse_float(rec["age"], _where(path, line, "age"), 0, 120)
-        if "height_cm" in rec:
-            ehr["height_cm"] = _parse_float(rec["height_cm"], _where(path, line, "height_cm"), 50, 250)
-        if "weight_kg" in rec:
-            ehr["weight_kg"] = _parse_float(rec["weight_kg"], _where(path, line, "weight_kg"), 10, 300)
-        if "sex" in rec:
-            ehr["sex"] = _parse_choice(rec["sex"], _where(path, line, "sex"), SEXES)
-        if "patient_type" in rec:
-            ehr["patient_type"] = _parse_choice(rec["patient_type"], _where(path, line, "patient_type"), PATIENT_TYPES)
-        if "event" in rec:
-            ehr["event"] = _parse_choice(rec["event"], _where(path, line, "event"), EVENTS)
+        # the same rule as `predict --ehr` (ehr.py): NaN, true or an unknown code is refused
+        ehr = {k: check_value(k, rec[k], _where(path, line, k)) for k in EHR_COLUMNS if k in rec}
         annotated = None
         if rec.get("annotated_classes", "").strip():
             annotated = tuple(a.strip() for a in rec["annotated_classes"].split(";") if a.strip())
@@ -271,7 +279,7 @@ def write_manifest(rows: Iterable[ManifestRow | dict], path: str | os.PathLike,
                 extras.append(k)
     cols += extras
     buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(cols)
     for d in dicts:
         w.writerow([_cell(d.get(c), root) for c in cols])

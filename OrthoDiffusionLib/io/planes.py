@@ -107,12 +107,18 @@ def reformat_to_planes(image: sitk.Image, slice_mm: float | None = None,
     spacing = np.asarray(image.GetSpacing(), dtype=float)
     inplane = float(spacing.min())
     thickness = float(slice_mm if slice_mm is not None else spacing.max())
+    from .intensity import clip_outliers
+
     native, _ = detect_plane(image)
     source = Geometry.of(image)
+    # interpolation would smear saturated voxels into the views below the guard's notice; clean
+    # volumes are returned unchanged by clip_outliers
+    smooth_source, _ = clip_outliers(image)
     views = {}
     for plane in PLANES:
         if keep_native and plane == native:
             views[plane] = reorient_canonical(image, plane)
         else:
-            views[plane] = resample_to(image, cardinal_grid(source, plane, inplane, thickness), is_label=False)
+            views[plane] = resample_to(smooth_source, cardinal_grid(source, plane, inplane, thickness),
+                                       is_label=False)
     return views

@@ -6,7 +6,10 @@ Two modes:
 ``released``  as the published code: canonical orientation, the central D slices along the slice
               axis (edge-replicated symmetrically when the series is shorter), each slice resized to
               H×W with bilinear interpolation (the resized pixels cover the same field of view),
-              min-max scaling to [-1, 1].
+              min-max scaling to [-1, 1], with an outlier guard: source voxels more than 1.5 × the
+              0.1-99.9 percentile range beyond it are clamped first (counted in
+              ``transform.clipped``), so a few saturated voxels cannot squash the tissue contrast;
+              a volume without such voxels is scaled exactly as before (plain min-max).
 ``spacing``   resample to a fixed spacing (default 0.6×0.6 mm in-plane, 3.5 mm slices) on a grid of
               D×H×W voxels centred on the volume (a centre crop/pad), robust scaling of the 0.5 and
               99.5 percentiles to [-1, 1] (voxels outside the source read as -1).
@@ -24,6 +27,7 @@ import SimpleITK as sitk
 
 from ..errors import InputError
 from .geometry import Geometry, resample_to
+from .intensity import clip_outliers
 from .planes import PLANES, detect_plane, reorient_canonical
 
 MODES = ("released", "spacing")
@@ -40,6 +44,16 @@ class NetworkTransform:
     slice_start: int = 0  # first source slice (canonical order) on the grid; negative when padded
     padded: tuple[int, int] = (0, 0)  # edge-replicated slices before / after (released mode)
     intensity: tuple[float, float] = (0.0, 1.0)  # source values mapped to -1 and +1
+    clipped: int = 0  # released mode: outlier voxels clipped by the guard (0 for a clean volume)
+
+    @property
+    def warning(self) -> str | None:
+        """One line for the result's warnings when the outlier guard clipped voxels."""
+        if not self.clipped:
+            return None
+        return (f"{self.plane}: {self.clipped} voxel(s) far outside the intensity range of the rest "
+                "(saturated or corrupt) were clipped to the range of the other voxels before scaling; "
+                "check the series")
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -132,6 +146,7 @@ def preprocess(image: sitk.Image, mode: str = "released", plane: str | None = No
     source = Geometry.of(image)
     if mode == "released":
         grid, start, padded = _released_grid(oriented, depth, size)
+        oriented, clipped = clip_outliers(oriented)
         arr = sitk.GetArrayFromImage(resample_to(oriented, grid, is_label=False))
         before, after = padded
         if before:
@@ -139,7 +154,7 @@ def preprocess(image: sitk.Image, mode: str = "released", plane: str | None = No
         if after:
             arr[depth - after:] = arr[depth - after - 1]
         lo, hi = float(arr.min()), float(arr.max())
-        transform = NetworkTransform(mode, plane, source, grid, start, padded, (lo, hi))
+        transform = NetworkTransform(mode, plane, source, grid, start, padded, (lo, hi), clipped)
     else:
         grid = _spacing_grid(oriented, depth, size, spacing)
         arr = sitk.GetArrayFromImage(resample_to(oriented, grid, is_label=False, default=float("nan")))

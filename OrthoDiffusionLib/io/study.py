@@ -11,7 +11,8 @@ import SimpleITK as sitk
 from ..errors import InputError
 from .dicom import find_dicom_series, is_dicom_file, read_dicom_series
 from .planes import OBLIQUE_WARN_DEG, PLANES, detect_plane, is_near_isotropic_3d, reformat_to_planes, slice_axis
-from .volumes import is_volume_file, read_volume_file
+from .paths import itk_path, shown
+from .volumes import is_volume_file, read_volume_file, volume_files_in
 
 
 @dataclass
@@ -83,7 +84,11 @@ def read_series(path: str | os.PathLike, echo: int | None = None, notes: list[st
     path = Path(path)
     notes = notes if notes is not None else []
     if not path.exists():
-        raise InputError(f"{path}: no such file or folder; check the path")
+        raise InputError(f"{shown(path)}: no such file or folder; check the path")
+    itk_path(path)  # ITK aborts the process on a name that is not UTF-8: refuse it in one line first
+    if not (path.is_file() or path.is_dir()):
+        raise InputError(f"{path}: is not a regular file or folder (a device, pipe or socket); give an image "
+                         "file or a DICOM folder")
     if path.is_file() and is_volume_file(path):
         image, chosen = read_volume_file(path, echo)
         return [make_series(image, str(path), echo=chosen)]
@@ -108,7 +113,7 @@ def read_series(path: str | os.PathLike, echo: int | None = None, notes: list[st
                                   series_description=t["series_description"], modality=t["modality"],
                                   echo=dicom.echo))
     if path.is_dir():
-        for file in sorted(p for p in path.rglob("*") if p.is_file() and is_volume_file(p)):
+        for file in volume_files_in(path, notes):
             image, chosen = read_volume_file(file, echo)
             series.append(make_series(image, str(file), echo=chosen))
     if not series:

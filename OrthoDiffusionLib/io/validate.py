@@ -17,6 +17,9 @@ from ..errors import InputError
 MIN_INPLANE_PIXELS = 16  # below this it is a thumbnail or a localizer, not a diagnostic series
 # Knee MR voxels are ~0.1-10 mm; outside [0.01, 20] mm the header is wrong (metres, a scale bug)
 MIN_SPACING_MM, MAX_SPACING_MM = 0.01, 20.0
+# |voxel| above this is no MR value (scanners store at most ~1e6); near float32's 3.4e38 the
+# difference max - min overflows to inf and the network input becomes NaN
+MAX_ABS_VOXEL = 1e30
 
 
 def _check_dimension(image: sitk.Image) -> str | None:
@@ -26,6 +29,13 @@ def _check_dimension(image: sitk.Image) -> str | None:
     if image.GetDimension() != 3:
         return (f"has {image.GetDimension()} dimensions; a 4D series needs an echo choice (--echo N), "
                 "other dimensions are not supported")
+    return None
+
+
+def _check_complex(image: sitk.Image) -> str | None:
+    if image.GetPixelID() in (sitk.sitkComplexFloat32, sitk.sitkComplexFloat64):
+        return ("has complex-valued voxels (raw k-space or real/imaginary data); give the magnitude image "
+                "the scanner reconstructs")
     return None
 
 
@@ -71,10 +81,12 @@ def _check_dtype(image: sitk.Image) -> str | None:
     if np.issubdtype(arr.dtype, np.integer) and arr.dtype.itemsize == 8:
         return (f"has 64-bit integer voxels (values {int(arr.min())}..{int(arr.max())}), which no MR export "
                 "writes; re-export the series as 16-bit integers or float32")
-    if arr.dtype == np.float64 and arr.size:
+    if np.issubdtype(arr.dtype, np.floating) and arr.size:
         finite = arr[np.isfinite(arr)]
-        if finite.size and np.abs(finite).max() > np.finfo(np.float32).max:
-            return "has voxel values beyond the float32 range (±3.4e38); rescale or re-export the series"
+        # float32 max is refused for float64; far above any MR scale, the scaling itself overflows
+        if finite.size and np.abs(finite).max() > MAX_ABS_VOXEL:
+            return (f"has voxel values up to {float(np.abs(finite).max()):.3g}, far beyond any MR scale and near or "
+                    "beyond the float32 range (±3.4e38); rescale or re-export the series")
     return None
 
 
@@ -91,6 +103,7 @@ def _check_voxels(image: sitk.Image) -> str | None:
 
 CHECKS: list[Callable[[sitk.Image], str | None]] = [
     _check_dimension,
+    _check_complex,
     _check_components,
     _check_size,
     _check_spacing,

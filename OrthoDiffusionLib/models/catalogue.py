@@ -112,6 +112,8 @@ class ModelSpec:
 
 
 def _spec_from_entry(entry: dict, root: Path, source: str) -> ModelSpec:
+    if not isinstance(entry, dict):
+        raise InputError(f"model entry must be a JSON object, got {type(entry).__name__}")
     check_entry_paths(entry, root)
     try:
         return ModelSpec(id=entry["id"], version=entry["version"], root=root, planes=entry["planes"],
@@ -121,6 +123,27 @@ def _spec_from_entry(entry: dict, root: Path, source: str) -> ModelSpec:
                          files=list(entry.get("files", [])), source=source, entry=entry)
     except KeyError as exc:
         raise InputError(f"model entry lacks the field {exc}") from None
+    except (TypeError, ValueError):
+        raise InputError("model entry has a field of the wrong type; check it against "
+                         "Resources/Schemas/catalogue.schema.json") from None
+
+
+def read_model_json(path: Path) -> dict:
+    """A ``model.json``, parsed and checked against the schema; one-line ``InputError`` when it is
+    not JSON, too deeply nested, not an object or not a model entry."""
+    try:
+        entry = read_json(path)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: cannot be read ({type(exc).__name__}); fix or remove it") from None
+    except RecursionError:
+        raise InputError(f"{path}: nested too deeply to be a model description; fix or remove it") from None
+    except ValueError as exc:
+        raise InputError(f"{path}: invalid JSON ({str(exc).splitlines()[0]}); fix or remove it") from None
+    try:
+        validate_entry(entry)
+    except InputError as exc:
+        raise InputError(f"{path}: {exc}") from None
+    return entry
 
 
 def validate_entry(entry: dict) -> None:
@@ -131,7 +154,10 @@ def validate_entry(entry: dict) -> None:
         jsonschema.validate(entry, schema["$defs"]["model"] | {"$defs": schema["$defs"]})
     except jsonschema.ValidationError as exc:
         where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
-        raise InputError(f"model entry: {where}: {exc.message}") from None
+        message = exc.message if len(exc.message) < 200 else exc.message[:200] + "..."
+        raise InputError(f"model entry: {where}: {' '.join(message.split())}") from None
+    except RecursionError:
+        raise InputError("model entry: nested too deeply to be a model description") from None
 
 
 def shipped_models() -> list[ModelSpec]:
@@ -142,14 +168,40 @@ def shipped_models() -> list[ModelSpec]:
     return [_spec_from_entry(e, (path.parent / e.get("path", e["id"])).resolve(), "shipped") for e in cat["models"]]
 
 
+_warned: set[str] = set()
+
+
+def broken_user_models() -> dict[str, str]:
+    """Folder name -> one-line problem of each unusable ``model.json`` in the user's model folder."""
+    out = {}
+    root = user_models_dir()
+    if root.is_dir():
+        for d in sorted(root.iterdir()):
+            if (d / MODEL_FILE).is_file():
+                try:
+                    _spec_from_entry(read_model_json(d / MODEL_FILE), d.resolve(), "user")
+                except UserError as exc:
+                    out[d.name] = str(exc)
+    return out
+
+
 def user_models() -> list[ModelSpec]:
+    """The user's installed models; a broken ``model.json`` is skipped with a one-line warning
+    (it must not break every other model), and refused only when that model is asked for."""
+    import logging
+
     out = []
     root = user_models_dir()
     if root.is_dir():
         for d in sorted(root.iterdir()):
             f = d / MODEL_FILE
             if f.is_file():
-                out.append(_spec_from_entry(read_json(f), d.resolve(), "user"))
+                try:
+                    out.append(_spec_from_entry(read_model_json(f), d.resolve(), "user"))
+                except UserError as exc:
+                    if str(f) not in _warned:
+                        _warned.add(str(f))
+                        logging.getLogger("orthodiffusion").warning(f"warning: skipped the model in {d}: {exc}")
     return out
 
 
@@ -163,10 +215,13 @@ def get_model(model_id: str) -> ModelSpec:
     """A model by id, or by path to a folder holding ``model.json``."""
     p = Path(model_id).expanduser()
     if (p / MODEL_FILE).is_file():
-        return _spec_from_entry(read_json(p / MODEL_FILE), p.resolve(), "folder")
+        return _spec_from_entry(read_model_json(p / MODEL_FILE), p.resolve(), "folder")
     for m in list_models():
         if m.id == model_id:
             return m
+    broken = broken_user_models().get(model_id)
+    if broken:  # asked for by its folder name: now the problem is an error
+        raise UserError(f"model '{model_id}' cannot be used: {broken}")
     known = ", ".join(m.id for m in list_models()) or "none"
     raise UserError(f"unknown model '{model_id}' (known: {known}); `orthodiffusion models list` shows them, "
                     f"`orthodiffusion models install PATH` adds one")

@@ -16,7 +16,6 @@ Research use, not for clinical decisions.
 
 from __future__ import annotations
 
-import csv
 import io
 import json
 import time
@@ -25,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .. import DISCLAIMER, __version__
+from .. import DISCLAIMER, __version__, csvsafe  # csvsafe: formula-safe cells in every CSV the tool writes
 from ..errors import InputError
 from ..labelsets import load_label_set
 from ..resources import resource_path
@@ -155,7 +154,7 @@ def findings_to_json(result: CaseResult) -> dict:
 def findings_to_csv(result: CaseResult) -> str:
     buf = io.StringIO()
     buf.write(f"# {DISCLAIMER}\n")  # readers: pandas.read_csv(..., comment="#")
-    w = csv.writer(buf, lineterminator="\n")
+    w = csvsafe.writer(buf, lineterminator="\n")
     w.writerow(["key", "name", "probability", "spread", "decision", "threshold"] + [f"w_{p}" for p in PLANES])
     for f in result.findings:
         w.writerow([f.key, f.name, f"{f.probability:.6g}", f"{f.spread:.6g}", int(bool(f.decision)),
@@ -180,8 +179,13 @@ def _same_grid(a, b, tol: float = 1e-4) -> bool:
 def _write_image(img, path: Path, compress: bool = True) -> None:
     import SimpleITK as sitk
 
+    from ..diskspace import check_free_space
+
     img = sitk.Image(img)  # metadata is per image object: don't touch the caller's
     img.SetMetaData(DISCLAIMER_KEY, DISCLAIMER)
+    # ITK reports a full disk only as a generic RuntimeError after printing its own lines
+    check_free_space(path.parent, img.GetNumberOfPixels() * img.GetSizeOfPixelComponent()
+                     * img.GetNumberOfComponentsPerPixel())
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), compress)
 
@@ -240,6 +244,9 @@ def write_seg_nrrd(label_img, path: str | Path, labels: list[dict] | None = None
     for key, value in segmentation_header(arr, label_img, labels).items():
         img.SetMetaData(key, value)
     img.SetMetaData(DISCLAIMER_KEY, DISCLAIMER)
+    from ..diskspace import check_free_space
+
+    check_free_space(Path(path).parent, img.GetNumberOfPixels() * img.GetSizeOfPixelComponent())
     with atomic_path(path) as tmp:
         sitk.WriteImage(img, str(tmp), True)
     return Path(path)

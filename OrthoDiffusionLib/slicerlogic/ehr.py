@@ -1,6 +1,6 @@
 """Clinical-information inputs of the module -> an EHR record the CLI accepts.
 
-Fields, ranges and vocabularies come from :mod:`OrthoDiffusionLib.ehr_fields` (the list the EHR
+Fields, ranges and vocabularies come from :mod:`OrthoDiffusionLib.ehr` (the list the EHR
 head validates against). "not given" (combo boxes) and the spin boxes' minimum, one below the
 plausible range, mean the field is left out: a spin box cannot skip values, so its range is exactly
 the valid numbers plus that one.
@@ -8,7 +8,7 @@ the valid numbers plus that one.
 
 from __future__ import annotations
 
-from ..ehr_fields import EHR_FIELDS, EVENTS, NUMERIC_RANGES, PATIENT_TYPES
+from ..ehr import EHR_FIELDS, EVENTS, NUMERIC_RANGES, PATIENT_TYPES
 
 NOT_GIVEN = "not given"
 SEX_CHOICES = (NOT_GIVEN, "female", "male")

@@ -91,8 +91,9 @@ def _echo_images(path: Path, echoes):
     """Yield (echo or None, 3D sitk image)."""
     import SimpleITK as sitk
 
-    from ..io.volumes import select_echo
+    from ..io.volumes import check_volume_path, select_echo
 
+    check_volume_path(path)  # data files next to the header, never a device; not one of our outputs
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError:

@@ -37,6 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 from ..backbone.config import UNetConfig
 from ..backbone.schedule import CosineSchedule
 from ..backbone.unet import DiffusionUNet
@@ -578,12 +579,12 @@ def _write_csv(path: Path, rows: list[dict], rewrite: bool = False) -> None:
 
         with atomic_path(path) as tmp:
             with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
+                w = csvsafe.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore")
                 w.writeheader()
                 w.writerows(rows)
         return
     with open(path, "a", newline="", encoding="utf-8") as f:
-        csv.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerows(rows)
+        csvsafe.DictWriter(f, fieldnames=CSV_FIELDS, extrasaction="ignore").writerows(rows)
 
 
 def train_config_from(model_defaults: dict, **overrides) -> TrainConfig:

@@ -103,6 +103,10 @@ def _call(c: dict, tmp_path: Path):
         from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
 
         return validate_ehr(parse_ehr(kw["text"]))
+    if call == "get_model":
+        from OrthoDiffusionLib.models.catalogue import get_model
+
+        return get_model(kw["model"])
     if call == "predict_job":
         from OrthoDiffusionLib.jobs import PredictJob
         from OrthoDiffusionLib.inference.predict import predict_study
