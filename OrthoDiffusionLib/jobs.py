@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
-PLANES = ("sagittal", "coronal", "axial")
+from .planes import PLANES
 TASKS = ("diagnosis", "segmentation", "all")
 
 
@@ -63,7 +63,8 @@ class FitJob:
 
 @dataclass
 class PredictJob:
-    inputs: list = field(default_factory=list)   # study paths (positional / --sagittal ... / --volume)
+    inputs: list = field(default_factory=list)   # study paths whose planes are detected (positional / --volume)
+    planes: dict = field(default_factory=dict)   # plane -> path given for that plane (--sagittal ..., a manifest row)
     out: str = "orthodiffusion-output"
     model: str = "knee-demo"
     device: str = "auto"
@@ -85,8 +86,11 @@ class PredictJob:
             raise UserError(f"--max-voxels must be ≥ 1, got {self.max_voxels}")
         if self.max_memory_gb is not None and not self.max_memory_gb > 0:
             raise UserError(f"--max-memory must be > 0 GB, got {self.max_memory_gb}")
-        if not self.inputs:
+        if not self.inputs and not self.planes:
             raise UserError("no input: give a DICOM folder, up to three NIfTI/NRRD files or one 3D volume")
+        from .planes import Plane
+
+        self.planes = {Plane.parse(p, "plane").value: str(v) for p, v in self.planes.items() if v is not None}
         if self.draws is not None and not 1 <= self.draws <= 32:
             raise UserError(f"--draws must be between 1 and 32, got {self.draws}")
         if self.reference is not None and self.reference not in PLANES:
@@ -104,7 +108,13 @@ class PredictJob:
         only fields that differ from the defaults are written, so the CLI's defaults apply."""
         from .job_argv import job_argv
 
-        return ["predict", *self.inputs, *job_argv(self, PREDICT_FLAGS, skip=("inputs",))]
+        given = [a for plane, path in self.planes.items() for a in (f"--{plane}", str(path))]
+        return ["predict", *self.inputs, *given, *job_argv(self, PREDICT_FLAGS, skip=("inputs", "planes"))]
+
+    @property
+    def all_inputs(self) -> list:
+        """Every input path, given-plane ones first (what the guards and provenance look at)."""
+        return [*self.planes.values(), *self.inputs]
 
     @classmethod
     def from_dict(cls, data: dict) -> "PredictJob":

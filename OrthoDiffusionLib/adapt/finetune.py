@@ -31,7 +31,7 @@ from .. import DISCLAIMER, __version__
 from ..errors import InputError, UserError
 from ..jobs import FinetuneJob
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 FINETUNE_LOCK = "finetune"  # <user heads>/finetune.lock: one fine-tune per store at a time
 
 
@@ -105,12 +105,13 @@ def _reload_study(pred: dict, case_id: str):
 
     job = pred.get("job") or {}
     inputs = [str(p) for p in job.get("inputs") or []]
-    gone = [p for p in inputs if not Path(p).exists()]
-    if not inputs or gone:
+    planes = {k: str(v) for k, v in (job.get("planes") or {}).items()}
+    gone = [p for p in [*planes.values(), *inputs] if not Path(p).exists()]
+    if not (inputs or planes) or gone:
         raise UserError(f"case {case_id}: its features are not in the feature cache and its input "
                         f"{(gone or ['(none recorded)'])[0]} is gone; run `orthodiffusion predict` on it again, "
                         f"then fine-tune")
-    return load_study(inputs, echo=job.get("echo"), reformat=job.get("reformat"))
+    return load_study(inputs, echo=job.get("echo"), reformat=job.get("reformat"), planes=planes)
 
 
 def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: dict, device, case_id: str, log):

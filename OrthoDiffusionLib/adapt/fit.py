@@ -17,7 +17,7 @@ from .. import DISCLAIMER, __version__
 from ..errors import UserError
 from ..jobs import FitJob
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def _labels(rows, keys) -> np.ndarray:

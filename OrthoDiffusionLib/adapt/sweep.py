@@ -29,7 +29,7 @@ import numpy as np
 
 from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def parse_list(text: str, cast=str, what: str = "value") -> list:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..planes import PLANES
+
 
 def register(sub) -> None:
     p = sub.add_parser("fit", help="fit diagnosis / segmentation heads on a cohort (cached features)",
@@ -17,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--out", default=None, help="head store folder (default: the model's per-user store)")
     p.add_argument("--cache", default=None, help="feature cache folder (default: per-user cache)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--seg-plane", default="sagittal", choices=["sagittal", "coronal", "axial"])
+    p.add_argument("--seg-plane", default="sagittal", choices=list(PLANES))
     p.add_argument("--max-epochs", type=int, default=200, help="diagnosis heads (early stopping)")
     p.add_argument("--seg-epochs", type=int, default=45,
                    help="segmentation head: at most this many epochs, early stopping (default 45)")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def register(sub) -> None:

@@ -6,6 +6,8 @@ Stage tags on stdout for the Slicer module: [loading] [preprocess] [features] [s
 
 from __future__ import annotations
 
+from ..planes import PLANES
+
 
 def register(sub) -> None:
     p = sub.add_parser("predict", help="segment and diagnose one knee study (or a cohort manifest)",
@@ -14,7 +16,7 @@ def register(sub) -> None:
                                    "segmentation.seg.nrrd, uncertainty.nrrd, findings.json/.csv, result.json. "
                                    "Research use only, not for clinical decisions.")
     p.add_argument("study", nargs="*", help="DICOM folder, NIfTI/NRRD files, or one 3D volume")
-    for plane in ("sagittal", "coronal", "axial"):
+    for plane in PLANES:
         p.add_argument(f"--{plane}", default=None, help=f"{plane} series (file or DICOM folder)")
     p.add_argument("--volume", default=None, help="one 3D volume, reformatted into the three planes")
     p.add_argument("--manifest", default=None, help="cohort mode: predict every row of this manifest CSV")
@@ -32,7 +34,7 @@ def register(sub) -> None:
                    help="noise draws K per plane; spread = std over draws (default: the model's, 3 for knee-demo, "
                         "2 for released-size imported backbones)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--reference", default=None, choices=["sagittal", "coronal", "axial"],
+    p.add_argument("--reference", default=None, choices=list(PLANES),
                    help="grid of the label map (default: sagittal when present)")
     p.add_argument("--reformat", dest="reformat", action="store_true", default=None,
                    help="reformat the best series into the planes no native series covers")
@@ -60,15 +62,15 @@ def job_from_args(args):
     from ..jobs import PredictJob
 
     inputs = list(args.study)
-    inputs += [getattr(args, p) for p in ("sagittal", "coronal", "axial") if getattr(args, p)]
+    planes = {p: getattr(args, p) for p in PLANES if getattr(args, p)}  # given planes: not detected
     reformat = args.reformat
     if args.volume:
         inputs.append(args.volume)
-        if reformat is None and len(inputs) == 1:
+        if reformat is None and len(inputs) == 1 and not planes:
             reformat = True
-    if not inputs:
+    if not inputs and not planes:
         raise UserError("no input study: give paths, --sagittal/--coronal/--axial, --volume or --manifest")
-    return PredictJob(inputs=inputs, out=args.out, model=args.model, device=args.device, draws=args.draws,
+    return PredictJob(inputs=inputs, planes=planes, out=args.out, model=args.model, device=args.device, draws=args.draws,
                       seed=args.seed, reference=args.reference, ehr=args.ehr, reformat=reformat, echo=args.echo,
                       heads_version=args.heads_version, cache=args.cache, no_cache=args.no_cache,
                       case_id=args.case_id, max_voxels=args.max_voxels, max_memory_gb=args.max_memory)

@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InputError
 from .classification import as_label_arrays, resolve_thresholds
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 GROUPS = ("all", "true_positive", "other")
 
 

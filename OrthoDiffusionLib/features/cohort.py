@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def load_backbones(spec, planes=None, device="cpu") -> dict:

@@ -10,7 +10,7 @@ from typing import Mapping
 
 import torch
 
-PLANES: tuple[str, str, str] = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def next_plane(plane: str) -> str:

@@ -35,7 +35,7 @@ from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 SUMMARY_FILE = "uncertainty_summary.json"
 ERRORS_FILE = "errors.csv"
 SUMMARY_COHORT_FILE = "cohort_summary.json"
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 # set once per worker process by _init_worker
 _WORKER: dict = {}
@@ -48,7 +48,7 @@ def settings_from_args(args) -> dict:
     """PredictJob fields taken from the CLI arguments (any field the parser has), minus the per-case ones."""
     from ..jobs import PredictJob
 
-    per_case = {"inputs", "out", "case_id", "ehr", "reformat"}
+    per_case = {"inputs", "planes", "out", "case_id", "ehr", "reformat"}
     return {f.name: getattr(args, f.name) for f in fields(PredictJob)
             if f.name not in per_case and hasattr(args, f.name)}
 
@@ -56,9 +56,9 @@ def settings_from_args(args) -> dict:
 def _job_for_row(settings: dict, row, case_out: Path):
     from ..jobs import PredictJob
 
-    inputs = [str(p) for p in row.images.values() if p is not None]
+    planes = {p: str(v) for p, v in row.images.items() if v is not None}  # the manifest column gives the plane
     ehr = {k: v for k, v in row.ehr.items() if v not in (None, "")} or None
-    return PredictJob(**{**settings, "inputs": inputs, "out": str(case_out), "case_id": row.study_id,
+    return PredictJob(**{**settings, "planes": planes, "out": str(case_out), "case_id": row.study_id,
                          "ehr": ehr, "reformat": False})
 
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from ..errors import ResourceError
 from ..io.guards import DEFAULT_MAX_VOXELS, HeaderInfo, check_voxels, read_headers, reformat_view_voxels
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 RESBLOCK_TENSORS = 5
 SEG_COPIES_PER_PLANE = 4
 FUSION_COPIES = 2

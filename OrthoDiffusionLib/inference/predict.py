@@ -21,7 +21,7 @@ from .. import DISCLAIMER, __version__
 from ..errors import InputError, UserError
 from ..jobs import PredictJob
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 
 
 def peak_rss_mb() -> float:
@@ -188,15 +188,15 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
         job = replace(job, draws=(loaded.spec if loaded else get_model(job.model)).default_draws)
     t_all = time.perf_counter()
     timer = StageTimer(log)
-    timer.start("loading", f"model {job.model}, study {' '.join(str(p) for p in job.inputs)}")
+    timer.start("loading", f"model {job.model}, study {' '.join(str(p) for p in job.all_inputs)}")
     # inputs first (headers, then pixels), weights last: a bad input fails fast and leaves nothing
     if write:
         check_replaceable(job.out, "case")
-        refuse_inputs_inside(job.out, job.inputs)
-    guard_predict(job.inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log,
+        refuse_inputs_inside(job.out, job.all_inputs)
+    guard_predict(job.all_inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log,
                   reformat=job.reformat)
     ehr = validate_ehr(parse_ehr(job.ehr))
-    study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr)
+    study = load_study([str(p) for p in job.inputs], echo=job.echo, reformat=job.reformat, ehr=ehr, planes=job.planes)
     device = loaded.device if loaded else resolve_device(job.device)
     if loaded is None:
         loaded = load_model(job.model, device, job.heads_version)
@@ -213,7 +213,7 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     if reference not in usable:
         raise InputError(f"--reference {reference}: the study has no {reference} series "
                          f"(present: {', '.join(usable)})")
-    case_id = job.case_id or Path(str(job.inputs[0]).rstrip("/")).name.split(".")[0] or "case"
+    case_id = job.case_id or Path(str(job.all_inputs[0]).rstrip("/")).name.split(".")[0] or "case"
 
     timer.start("preprocess", f"planes present: {', '.join(usable)}")
     planes: dict[str, PlaneData] = {}

@@ -26,7 +26,7 @@ from ..ehr import EVENTS, PATIENT_TYPES, SEXES, check_value  # noqa: F401  (re-e
 from ..errors import InputError
 from ..labelsets import load_label_set
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 LABEL_COLUMNS = ("labels_sagittal", "labels_coronal", "labels_axial", "labels_reference")
 REQUIRED = ("study_id", "patient_id") + PLANES
 EHR_COLUMNS = ("age", "sex", "height_cm", "weight_kg", "patient_type", "event")

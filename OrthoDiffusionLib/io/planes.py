@@ -26,7 +26,7 @@ import SimpleITK as sitk
 
 from .geometry import Geometry, resample_to
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 CANONICAL_CODE = {"sagittal": "PIR", "coronal": "LIP", "axial": "LPS"}
 OBLIQUE_WARN_DEG = 30.0
 ISOTROPIC_RATIO = 1.6  # max/min spacing below this counts as near-isotropic
@@ -44,7 +44,11 @@ def canonical_direction(plane: str) -> np.ndarray:
 def slice_axis(image: sitk.Image) -> int:
     """Index of the slice axis: 2, unless the spacing clearly marks another axis as the thick one
     (some converters store 2D series with the slices along x or y)."""
-    spacing = np.asarray(image.GetSpacing()[:3], dtype=float)
+    return slice_axis_of(image.GetSpacing())
+
+
+def slice_axis_of(spacing) -> int:
+    spacing = np.asarray(spacing[:3], dtype=float)
     coarsest = int(np.argmax(spacing))
     others = np.delete(spacing, coarsest)
     if coarsest != 2 and spacing[coarsest] / others.max() >= ISOTROPIC_RATIO:
@@ -59,12 +63,19 @@ def detect_plane(image: sitk.Image) -> tuple[str, float]:
     y → coronal, z → axial. Obliquity above ``OBLIQUE_WARN_DEG`` is still assigned by that axis;
     callers warn about it.
     """
-    d = np.asarray(image.GetDirection(), dtype=float).reshape(3, 3)
-    normal = d[:, slice_axis(image)]
-    normal = normal / np.linalg.norm(normal)
+    return plane_of_geometry(image.GetDirection(), image.GetSpacing(), image.GetSize())[:2]
+
+
+def plane_of_geometry(direction, spacing, size) -> tuple[str, float, bool]:
+    """(plane, obliquity in degrees, near-isotropic 3D?) of a volume from its LPS direction matrix
+    (9 values, row-major as SimpleITK gives), spacing and size: the one plane rule for files and
+    for Slicer's volume nodes (``mrml.planes.volume_plane``)."""
+    d = np.asarray(direction, dtype=float).reshape(3, 3)
+    axis = slice_axis_of(spacing)
+    normal = d[:, axis] / np.linalg.norm(d[:, axis])
     k = int(np.argmax(np.abs(normal)))
     obliquity = math.degrees(math.acos(min(1.0, abs(float(normal[k])))))
-    return PLANES[k], obliquity
+    return PLANES[k], obliquity, _near_isotropic_3d(spacing, int(size[axis]))
 
 
 def reorient_canonical(image: sitk.Image, plane: str) -> sitk.Image:
@@ -75,8 +86,12 @@ def reorient_canonical(image: sitk.Image, plane: str) -> sitk.Image:
 def is_near_isotropic_3d(image: sitk.Image) -> bool:
     """A 3D acquisition worth reformatting: at least 40 slices, and spacing ratio < 1.6 or slices
     no thicker than 1.5 mm (e.g. a 0.6×0.6×1.5 mm DESS)."""
-    spacing = np.asarray(image.GetSpacing(), dtype=float)
-    enough = image.GetSize()[slice_axis(image)] >= MIN_3D_SLICES
+    return _near_isotropic_3d(image.GetSpacing(), image.GetSize()[slice_axis(image)])
+
+
+def _near_isotropic_3d(spacing, slices: int) -> bool:
+    spacing = np.asarray(spacing[:3], dtype=float)
+    enough = slices >= MIN_3D_SLICES
     return bool(enough and (spacing.max() / spacing.min() < ISOTROPIC_RATIO or spacing.max() <= FINE_SLICE_MM))
 
 

@@ -32,6 +32,7 @@ class SeriesInfo:
     echo: int | None = None
     is_3d: bool = False
     reformatted: bool = False
+    assigned: bool = False              # the plane was given (manifest column, --sagittal, the GUI), not detected
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -137,12 +138,16 @@ def assign_planes(series: list[Series], reformat: bool | None = None, slice_mm: 
                   notes: list[str] | None = None, ehr: dict | None = None) -> Study:
     """Put each series in its plane slot; resolve clashes; reformat a 3D series when asked or alone.
 
+    The one plane rule (predict, cohort predict, fit, the Slicer module): a series whose plane was
+    given (``info.assigned``: a manifest column, ``--sagittal F``, the module's selector) takes that
+    slot; any other series goes to the plane of its slice normal (direction cosines). Of two series
+    for one slot, a given one wins over a detected one, then the one with more slices.
     ``reformat``: None = reformat only a lone near-isotropic 3D series; True = reformat the
     best 3D candidate (most slices) into the planes no native series covers; False = never.
     """
     study = Study(warnings=list(notes or []), ehr=ehr)
-    for s in sorted(series, key=_rank, reverse=True):
-        if s.info.obliquity_deg > OBLIQUE_WARN_DEG:
+    for s in sorted(series, key=lambda s: (s.info.assigned, *_rank(s)), reverse=True):
+        if s.info.obliquity_deg > OBLIQUE_WARN_DEG and not s.info.assigned:
             study.warnings.append(f"{s.info.source}: slices are {s.info.obliquity_deg:.0f} deg oblique; "
                                   f"assigned to {s.info.plane} by the dominant axis")
         kept = getattr(study, s.info.plane)
@@ -167,15 +172,34 @@ def _tags_of(info: SeriesInfo) -> dict:
     return {k: getattr(info, k) for k in ("field_strength_t", "manufacturer", "series_description", "modality", "echo")}
 
 
-def load_study(paths, echo: int | None = None, reformat: bool | None = None, slice_mm: float | None = None,
-               ehr: dict | None = None) -> Study:
-    """Read every path (files or folders) and assign the series to planes."""
+def given_plane(series: Series, plane: str, notes: list[str]) -> Series:
+    """``series`` assigned to ``plane`` (the user said so), with a note when its slices say otherwise."""
+    from ..planes import Plane
+
+    plane = Plane.parse(plane, "plane").value
+    if series.info.plane != plane:
+        notes.append(f"{series.info.source}: given as {plane}, but its slices are {series.info.plane} "
+                     f"(direction cosines); used as {plane}")
+    series.info.plane, series.info.assigned = plane, True
+    return series
+
+
+def load_study(paths=(), echo: int | None = None, reformat: bool | None = None, slice_mm: float | None = None,
+               ehr: dict | None = None, planes: dict | None = None) -> Study:
+    """Read every path (files or folders) and assign the series to planes: ``planes`` (plane -> path)
+    are given, ``paths`` are detected (see ``assign_planes``)."""
     if isinstance(paths, (str, os.PathLike)):
         paths = [paths]
-    if not paths:
+    planes = {p: v for p, v in (planes or {}).items() if v is not None}
+    if not paths and not planes:
         raise InputError("no input given; pass a DICOM folder or a NIfTI/NRRD/MHA file")
     notes: list[str] = []
     series: list[Series] = []
+    for plane, p in planes.items():
+        found = read_series(p, echo=echo, notes=notes)
+        if len(found) > 1:
+            notes.append(f"{p}: {len(found)} series given as {plane}; the one with the most slices is used")
+        series.append(given_plane(max(found, key=_rank), plane, notes))
     for p in paths:
         series.extend(read_series(p, echo=echo, notes=notes))
     return assign_planes(series, reformat=reformat, slice_mm=slice_mm, notes=notes, ehr=ehr)

@@ -28,7 +28,7 @@ from ..errors import CheckpointError, InputError, UserError
 from ..resources import resource_path
 from ..storage import atomic_write_json, file_lock, read_json, sha256_file
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 CATALOGUE_FORMAT = "orthodiffusion-catalogue"
 MODEL_FILE = "model.json"
 DEFAULT_DRAWS = 3

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import vtk
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 _AXIS_TO_PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # normal along R, A, S
 
 
@@ -21,20 +21,21 @@ def plane_from_direction(normal) -> str:
     return _AXIS_TO_PLANE[int(np.argmax(n))]
 
 
-def volume_plane(volume_node, isotropy_ratio: float = 1.5) -> str:
-    """'sagittal' / 'coronal' / 'axial' for a 2D multi-slice series, '3d' for a near-isotropic volume.
+def volume_plane(volume_node) -> str:
+    """'sagittal' / 'coronal' / 'axial' for a 2D multi-slice series, '3d' for a near-isotropic 3D
+    volume: the library's plane rule (``io.planes.plane_of_geometry``) on the node's geometry, so the
+    module proposes the planes the CLI would detect."""
+    from ..io.planes import plane_of_geometry
 
-    The through-plane axis of a 2D series is the one with the largest spacing (slice thickness plus
-    gap); its RAS direction tells the plane. Oblique series go to the nearest plane.
-    """
     mat = vtk.vtkMatrix4x4()
     volume_node.GetIJKToRASMatrix(mat)
     m = _matrix(mat)[:3, :3]
     spacing = np.linalg.norm(m, axis=0)
-    if spacing.max() / max(spacing.min(), 1e-9) < isotropy_ratio:
-        return "3d"
-    k = int(np.argmax(spacing))
-    return plane_from_direction(m[:, k])
+    lps = np.diag([-1.0, -1.0, 1.0]) @ (m / spacing)  # RAS -> LPS, unit columns
+    image = volume_node.GetImageData()
+    size = image.GetDimensions() if image is not None else (1, 1, 1)
+    plane, _, is_3d = plane_of_geometry(lps.ravel(), spacing, size)
+    return "3d" if is_3d else plane
 
 
 def assign_planes(volume_nodes) -> dict:

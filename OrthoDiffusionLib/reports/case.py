@@ -12,7 +12,7 @@ import numpy as np
 
 from .. import DISCLAIMER
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 # shared by the cohort report (reports/cohort.py)
 STYLE = """body{font-family:sans-serif;margin:24px;max-width:1240px;color:#222}
 .banner{background:#b03a2e;color:#fff;padding:14px 18px;font-size:22px;font-weight:bold;border-radius:6px}

@@ -110,7 +110,7 @@ def _dicom_identity(pred) -> tuple[str | None, set[str]]:
 def _scrubber(pred, job, out: Path, pseudonym: str, identifiers: set[str]):
     """A function str -> str replacing paths and patient identifiers."""
     paths: dict[str, str] = {}
-    for i, p in enumerate(job.inputs, 1):
+    for i, p in enumerate(job.all_inputs, 1):
         for form in {str(p), str(Path(p).expanduser().resolve())}:
             paths[form.rstrip("/")] = f"<input {i}>"
     for plane in pred.planes.values():

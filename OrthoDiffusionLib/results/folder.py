@@ -30,7 +30,7 @@ from ..labelsets import load_label_set
 from ..resources import resource_path
 from ..storage import atomic_path, atomic_write_json, atomic_write_text, read_json, sha256_file
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 SCHEMA_VERSION = 1
 STRUCTURES_LABEL_SET = "knee-11"
 FINDINGS_LABEL_SET = "knee-8"

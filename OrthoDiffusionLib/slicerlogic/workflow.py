@@ -108,8 +108,10 @@ class CaseWorkflow:
 
     def predict_job(self, model: str, device_choice: str, result_dir: Path) -> PredictJob:
         c = self.case
-        # inputs in plane order; the CLI detects each file's plane from its direction cosines
-        return PredictJob(inputs=[str(p) for p in c.inputs.values()], out=str(result_dir), model=model,
+        # the plane selectors give the planes (the library's one plane rule); a "volume" is detected/reformatted
+        given = {plane: str(p) for plane, p in c.inputs.items() if plane != "volume"}
+        detected = [str(c.inputs["volume"])] if "volume" in c.inputs else []
+        return PredictJob(inputs=detected, planes=given, out=str(result_dir), model=model,
                           device=cli_device(device_choice), ehr=c.ehr, case_id=c.case_id)
 
     def predict(self, model: str, device_choice: str, on_done: Done, result_name: str = "result") -> Path:

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .shapes import Grid
 
-PLANES = ("sagittal", "coronal", "axial")
+from ..planes import PLANES
 _BASE_DIRECTIONS = {  # columns: row axis i, column axis j, slice normal k (LPS)
     "sagittal": np.array([[0, 0, -1], [1, 0, 0], [0, -1, 0]], float),
     "coronal": np.array([[1, 0, 0], [0, 0, 1], [0, -1, 0]], float),

@@ -114,3 +114,25 @@ def test_slice_axis_found_from_spacing_when_stored_first(sample_knee):
     knee = sitk.ReadImage(str(sample_knee))
     stored = sitk.PermuteAxes(knee, [2, 0, 1])  # the 4 mm slice axis is now axis 0
     assert detect_plane(stored) == pytest.approx(detect_plane(knee))
+
+
+def test_one_plane_rule_given_planes_win_over_detection(sample_knee, tmp_path):
+    """A plane given by the user (manifest column, --sagittal, the module's selector) is used as
+    given, with a note when the slices say otherwise; detected series fill the other slots."""
+    import shutil
+
+    from OrthoDiffusionLib.errors import UserError
+    from OrthoDiffusionLib.io import load_study
+
+    study = load_study(planes={"coronal": str(sample_knee)})
+    assert list(study.planes) == ["coronal"] and study.coronal.info.assigned
+    assert any("given as coronal, but its slices are sagittal" in w for w in study.warnings)
+    copy = tmp_path / "copy.nii.gz"
+    shutil.copy(sample_knee, copy)
+    both = load_study([str(copy)], planes={"sagittal": str(sample_knee)})
+    assert both.sagittal.info.source == str(sample_knee) and both.sagittal.info.assigned
+    assert any("two sagittal series" in w and "ignored" in w and str(copy) in w for w in both.warnings)
+    detected = load_study([str(sample_knee)])
+    assert list(detected.planes) == ["sagittal"] and not detected.sagittal.info.assigned
+    with pytest.raises(UserError, match="did you mean 'axial'"):
+        load_study(planes={"axail": str(sample_knee)})

@@ -99,10 +99,10 @@ def test_cue_actor_is_a_separate_corner_annotation(scene, demo):
     assert cue_actor(view_cue(result, "PD", red), actor) is actor  # re-used, not piled up
 
 
-def _volume(scene, spacing, direction_cols):
+def _volume(scene, spacing, direction_cols, dims=(4, 4, 4)):
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     img = vtk.vtkImageData()
-    img.SetDimensions(4, 4, 4)
+    img.SetDimensions(*dims)
     img.AllocateScalars(vtk.VTK_SHORT, 1)
     node.SetAndObserveImageData(img)
     node.SetSpacing(*spacing)
@@ -119,9 +119,10 @@ def test_plane_detection_from_ijk_to_ras(scene, demo):
     assert volume_plane(ref) == "sagittal"  # the real sample knee (oblique sagittal, 4 mm slices)
     cor = _volume(scene, (0.4, 0.4, 3.5), [(1, 0, 0), (0, 0, -1), (0, 1, 0)])
     ax = _volume(scene, (0.4, 0.4, 4.0), [(1, 0, 0), (0, 1, 0), (0, 0, 1)])
-    iso = _volume(scene, (0.7, 0.7, 0.7), [(0, 1, 0), (0, 0, -1), (-1, 0, 0)])
+    iso = _volume(scene, (0.7, 0.7, 0.7), [(0, 1, 0), (0, 0, -1), (-1, 0, 0)], dims=(48, 48, 48))  # a 3D series
+    few = _volume(scene, (0.7, 0.7, 0.7), [(0, 1, 0), (0, 0, -1), (-1, 0, 0)])  # 4 slices: not 3D (the CLI's rule)
     thick_first = _volume(scene, (3.0, 0.5, 0.5), [(0, 0, 1), (0, 1, 0), (1, 0, 0)])  # axial, slices along I
-    assert [volume_plane(v) for v in (cor, ax, iso, thick_first)] == ["coronal", "axial", "3d", "axial"]
+    assert [volume_plane(v) for v in (cor, ax, iso, thick_first, few)] == ["coronal", "axial", "3d", "axial", "sagittal"]
     planes = assign_planes([ax, ref, cor, iso, None])
     assert planes["sagittal"] is ref and planes["coronal"] is cor and planes["axial"] is ax and planes["3d"] is iso
     assert np.allclose(ijk_to_ras(ax)[:3, :3], np.diag([0.4, 0.4, 4.0]))

@@ -31,7 +31,8 @@ def _reparse(argv, job_from_args):
                ehr={"age": 54, "sex": "female", "event": "sport"}, reformat=False, echo=2, heads_version="v0002",
                cache="c", no_cache=True, case_id="pat-1", max_voxels=1000, max_memory_gb=2.5),
     PredictJob(inputs=["a.nrrd"], reformat=True),
-], ids=["defaults", "every-field", "reformat"])
+    PredictJob(planes={"coronal": "c.nrrd", "sagittal": "s 1.nrrd"}, inputs=["v.nrrd"]),
+], ids=["defaults", "every-field", "reformat", "given-planes"])
 def test_predict_job_round_trips_through_the_cli_parser(job):
     again = _reparse(job.to_argv(), cli_predict.job_from_args)
     assert parse_ehr(again.ehr) == (None if job.ehr is None else {k: (float(v) if k == "age" else v)
