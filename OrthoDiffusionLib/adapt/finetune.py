@@ -116,9 +116,8 @@ def _reload_study(pred: dict, case_id: str):
 
 def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: dict, device, case_id: str, log):
     """Re-run only the backbones of ``planes`` (to the needed block) and fill the cache."""
-    from ..features import FeatureExtractor
-    from ..io import preprocess, volume_hash
-    from ..features.cohort import load_backbones
+    from ..features.plane import plane_features, prepare_plane, single_features
+    from ..models.loading import load_backbones
 
     log(f"[features] {case_id}: {', '.join(planes)} not in the cache; running the backbone")
     study = _reload_study(pred, case_id)
@@ -129,14 +128,11 @@ def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: di
         if sha != backbone_shas[plane]:
             raise UserError(f"case {case_id}: the {plane} backbone changed since the prediction; predict it again")
         series = study.planes.get(plane)
-        h = pred["inputs"][plane]["content_hash"]
-        if series is None or volume_hash(series.image) != h:
+        ready = prepare_plane(series.image, plane, model.config, spec.preprocessing) if series else None
+        if ready is None or ready.content_hash != pred["inputs"][plane]["content_hash"]:
             raise UserError(f"case {case_id}: the {plane} input changed since the prediction; predict it again")
-        arr, _ = preprocess(series.image, mode=spec.preprocessing, plane=plane, depth=model.config.depth_size,
-                            size=(model.config.image_size, model.config.image_size))
-        ex = FeatureExtractor(model, device=device, backbone_sha256=sha, cache=cache)
         fspec = _feature_spec(pred["feature_spec"][plane])
-        out[plane] = next(iter(ex.extract(arr, h, plane, fspec).values())).float().cpu()
+        out[plane] = single_features(plane_features(backbones[plane], ready, fspec, cache, device))
     return out, study
 
 
@@ -158,7 +154,7 @@ def _finding_labels(findings: dict, keys) -> np.ndarray:
 
 
 def _ehr_of(pred: dict):
-    from ..inference.predict import parse_ehr
+    from ..ehr import parse_ehr
 
     if not pred.get("ehr_used"):
         return None
@@ -340,11 +336,8 @@ def _pooled(mpae, features: dict) -> dict:
 
 
 def _fused_logits(mpae, pooled: dict, present: torch.Tensor) -> torch.Tensor:
-    """``MPAEHead.forward`` from pooled vectors: expert linears, zero for absent planes, gate."""
-    n = len(present)
-    columns = [mpae.experts[p].classifier(pooled[p]) * present[:, i:i + 1] if p in pooled
-               else torch.zeros(n, mpae.n_labels) for i, p in enumerate(PLANES)]
-    return mpae.fuse(torch.stack(columns, dim=-1), present).logits
+    """``MPAEHead.forward`` from pooled vectors (the experts' linear layers, then the gate)."""
+    return mpae.fuse(mpae.logits_from_pooled(pooled, present), present).logits
 
 
 def _finetune_diagnosis(mpae, cases, replay, job, progress) -> dict:
@@ -387,17 +380,12 @@ def _finetune_diagnosis(mpae, cases, replay, job, progress) -> dict:
             "loss_last": losses[-1]}
 
 
-@torch.no_grad()
 def _probabilities(heads: dict, mpae, case: CorrectedCase) -> np.ndarray:
-    """Mean over noise draws of the finding probabilities, as predict computes them."""
-    mpae.eval()
-    k = next(iter(case.features.values())).shape[0]
-    feats = {p: case.features.get(p) for p in PLANES}
-    present = torch.tensor([[p in case.features for p in PLANES]] * k)
-    logits = mpae(feats, present).logits
-    if case.ehr and "ehr" in heads:
-        logits = heads["ehr"](logits, [case.ehr] * k)
-    return torch.sigmoid(logits).mean(0).numpy()
+    """Mean over noise draws of the finding probabilities, as predict computes them (``mpae``: the
+    heads' own or the fine-tuned copy)."""
+    from ..heads.inference import diagnose
+
+    return diagnose({**heads, "mpae": mpae}, case.features, case.ehr).probabilities
 
 
 # ----------------------------------------------------------------------------- the job
@@ -444,7 +432,7 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
     from ..labelsets import load_label_set
     from ..storage import file_lock
     from ..models.catalogue import get_model
-    from ..inference.predict import StageTimer
+    from ..runtime import StageTimer
 
     job.validate()
     t_start = time.perf_counter()

@@ -17,7 +17,6 @@ from .. import DISCLAIMER, __version__
 from ..errors import UserError
 from ..jobs import FitJob
 
-from ..planes import PLANES
 
 
 def _labels(rows, keys) -> np.ndarray:
@@ -68,7 +67,7 @@ def annotated_mask(rows, structure_keys) -> torch.Tensor:
 
 def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     """Run a fit job; returns {"version", "store", "manifest", "seconds"}."""
-    from ..inference.cohort import cpu_cores
+    from ..runtime import cpu_cores
 
     job.validate()
     threads_before = torch.get_num_threads()
@@ -91,7 +90,8 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
     from ..heads.fit import FitConfig, fit_ehr_fusion, fit_mpae, fit_segmentation
     from ..labelsets import load_label_set
     from ..models.catalogue import get_model
-    from ..features.cohort import extract_cohort, load_backbones
+    from ..features.cohort import extract_cohort
+    from ..models.loading import load_backbones
 
     t_start = time.perf_counter()
     spec = get_model(job.model)
@@ -121,8 +121,8 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
     t0 = time.perf_counter()
     log(f"[features] {len(train_rows)} train + {len(val_rows)} val cases, planes {', '.join(backbones)}")
     with torch.no_grad():
-        tr = extract_cohort(train_rows, spec, device, cache, seg_plane, job.seed, progress, backbones)
-        va = extract_cohort(val_rows, spec, device, cache, seg_plane, job.seed, progress, backbones) if val_rows else None
+        tr = extract_cohort(train_rows, spec, backbones, device, cache, seg_plane, job.seed, progress)
+        va = extract_cohort(val_rows, spec, backbones, device, cache, seg_plane, job.seed, progress) if val_rows else None
     timings["features_s"] = round(time.perf_counter() - t0, 2)
 
     store_dir = job.out or str(spec.heads_for_write())

@@ -50,27 +50,21 @@ def parse_list(text: str, cast=str, what: str = "value") -> list:
 def pooled_plane_features(rows, plane: str, backbone, sha: str, timesteps, blocks, preprocessing: str,
                           seed: int = 0, device="cpu", cache=None, progress: bool = True):
     """(row indices with this plane, {(t, block): [n, C]} globally average-pooled features)."""
-    import torch
     from tqdm import tqdm
 
-    from ..features import FeatureExtractor, FeatureSpec
-    from ..io import preprocess, volume_hash
+    from ..features import FeatureSpec
     from ..features.cohort import read_plane_image
+    from ..features.plane import plane_features, prepare_plane
 
-    ex = FeatureExtractor(backbone, device=device, backbone_sha256=sha, cache=cache)  # batches of ≤ 4 timesteps
     fspec = FeatureSpec(timesteps=tuple(timesteps), blocks=tuple(blocks), seed=seed, n_draws=1,
                         preprocessing=preprocessing)
     idx, pooled = [], {(t, b): [] for t in timesteps for b in blocks}
-    cfg = backbone.config
     for i, row in enumerate(tqdm(rows, desc=f"features {plane}", unit="case", disable=not progress)):
         path = row.images.get(plane)
         if path is None:
             continue
-        image = read_plane_image(path)
-        arr, _ = preprocess(image, mode=preprocessing, plane=plane, depth=cfg.depth_size,
-                            size=(cfg.image_size, cfg.image_size))
-        with torch.no_grad():
-            feats = ex.extract(arr, volume_hash(image), plane, fspec)
+        ready = prepare_plane(read_plane_image(path, plane), plane, backbone.config, preprocessing)
+        feats = plane_features((backbone, sha), ready, fspec, cache, device)
         for key, value in feats.items():
             pooled[key].append(value[0].float().mean(dim=tuple(range(1, value[0].ndim))).numpy())
         idx.append(i)
@@ -196,7 +190,7 @@ def run_sweep(manifest_path, model: str, timesteps, blocks, out, label_fraction:
     from ..errors import UserError
     from ..storage import atomic_write_json, atomic_write_text
     from ..models.catalogue import get_model
-    from ..features.cohort import load_backbones
+    from ..models.loading import load_backbones
 
     t0 = time.perf_counter()
     if not 0 < label_fraction <= 1:

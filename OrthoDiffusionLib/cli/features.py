@@ -39,8 +39,9 @@ def _run(args) -> int:
     from ..backbone.checkpoints import load_backbone
     from ..device import resolve_device
     from ..errors import UserError
-    from ..features import FeatureCache, FeatureExtractor, FeatureSpec
-    from ..io import load_study, preprocess, volume_hash
+    from ..features import FeatureCache, FeatureSpec
+    from ..features.plane import plane_features, prepare_plane
+    from ..io import load_study
     from ..storage import atomic_path, atomic_write_json, sha256_file
 
     t0 = time.perf_counter()
@@ -60,7 +61,6 @@ def _run(args) -> int:
     spec = FeatureSpec(timesteps=args.timesteps, blocks=tuple(b.strip() for b in args.blocks.split(",") if b.strip()),
                        seed=args.seed, n_draws=args.draws, preprocessing=args.preprocessing)
     cache = None if args.no_cache else FeatureCache(args.cache)
-    extractor = FeatureExtractor(model, device=device, backbone_sha256=backbone_sha, cache=cache)
     try:
         for b in spec.blocks:
             model.block_index(b)
@@ -75,15 +75,13 @@ def _run(args) -> int:
                "warnings": list(study.warnings), "planes": {}}
     for plane, series in tqdm(planes.items(), desc="features", unit="plane", disable=None):
         tp = time.perf_counter()
-        arr, transform = preprocess(series.image, mode=args.preprocessing, plane=plane, depth=cfg.depth_size,
-                                    size=(cfg.image_size, cfg.image_size))
-        content = volume_hash(series.image)
-        feats = extractor.extract(arr, content, plane, spec)
+        ready = prepare_plane(series.image, plane, cfg, args.preprocessing)
+        feats = plane_features((model, backbone_sha), ready, spec, cache, device)
         tensors = {f"t{t}/{b}": v.contiguous() for (t, b), v in feats.items()}
         with atomic_path(out / f"features_{plane}.safetensors") as tmp:
             save_file(tensors, str(tmp), metadata={"plane": plane, "disclaimer": DISCLAIMER})
         summary["planes"][plane] = {
-            "source": series.info.source, "content_hash": content, "input_shape": list(arr.shape),
+            "source": series.info.source, "content_hash": ready.content_hash, "input_shape": list(ready.array.shape),
             "seconds": round(time.perf_counter() - tp, 3),
             "features": {k: {"shape": list(v.shape), "mean": float(v.mean()), "std": float(v.std()),
                              "draw_spread": float(v.std(0).mean()) if v.shape[0] > 1 else 0.0}

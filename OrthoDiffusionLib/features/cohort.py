@@ -14,33 +14,11 @@ import torch
 from ..planes import PLANES
 
 
-def load_backbones(spec, planes=None, device="cpu") -> dict:
-    """plane -> (model on device, sha256) for the model's planes (or the given subset)."""
-    from ..backbone.checkpoints import load_backbone
-    from ..errors import UserError
+def read_plane_image(path, plane: str):
+    """The series at ``path``, given as ``plane`` (the one plane rule of io.study.assign_planes)."""
+    from ..io import load_study
 
-    out = {}
-    for plane in planes or list(spec.planes):
-        if plane not in spec.planes:
-            continue
-        path = spec.backbone_path(plane)
-        if not path.is_file():
-            raise UserError(f"model '{spec.id}': backbone for {plane} not found at {path}; "
-                            f"`orthodiffusion models verify {spec.id}` checks the files")
-        model, info = load_backbone(path)
-        model.to(device).eval()
-        sha = info.get("sha256") if isinstance(info, dict) else None
-        if not sha:
-            from ..storage import sha256_file
-            sha = sha256_file(path)
-        out[plane] = (model, sha)
-    return out
-
-
-def read_plane_image(path):
-    from ..io.study import read_series
-
-    return read_series(path)[0].image
+    return load_study(planes={plane: path}, reformat=False).image(plane)
 
 
 @dataclass
@@ -56,19 +34,16 @@ class CohortFeatures:
     cache_misses: int = 0
 
 
-def extract_cohort(rows, spec, device="cpu", cache=None, seg_plane: str | None = None, seed: int = 0,
-                   progress: bool = True, backbones: dict | None = None) -> CohortFeatures:
+def extract_cohort(rows, spec, backbones: dict, device="cpu", cache=None, seg_plane: str | None = None,
+                   seed: int = 0, progress: bool = True) -> CohortFeatures:
     """Features (one noise draw, seed ``seed``) of the model's planes for every manifest row, plus
-    label maps of ``seg_plane`` pushed onto that plane's network grid (nearest neighbour)."""
+    label maps of ``seg_plane`` pushed onto that plane's network grid (nearest neighbour).
+    ``backbones``: plane -> (model, sha256), as ``models.loading.load_backbones`` gives."""
     from tqdm import tqdm
 
-    from . import FeatureExtractor
-    from ..io import preprocess, volume_hash
     from ..io.labels import read_label_map
+    from .plane import plane_features, prepare_plane, single_features
 
-    backbones = backbones or load_backbones(spec, device=device)
-    extractors = {p: FeatureExtractor(m, device=device, backbone_sha256=sha, cache=cache)
-                  for p, (m, sha) in backbones.items()}
     n = len(rows)
     per_plane: dict[str, list] = {p: [None] * n for p in PLANES}
     present = torch.zeros(n, len(PLANES), dtype=torch.bool)
@@ -77,17 +52,15 @@ def extract_cohort(rows, spec, device="cpu", cache=None, seg_plane: str | None =
         hashes[row.study_id] = {}
         for j, plane in enumerate(PLANES):
             path = row.images.get(plane)
-            if path is None or plane not in extractors:
+            if path is None or plane not in backbones:
                 continue
-            model = backbones[plane][0]
-            image = read_plane_image(path)
-            arr, transform = preprocess(image, mode=spec.preprocessing, plane=plane, depth=model.config.depth_size,
-                                        size=(model.config.image_size, model.config.image_size))
-            h = volume_hash(image)
-            hashes[row.study_id][plane] = h
-            fspec = spec.feature_spec(plane, n_draws=1, seed=seed)
-            feats = extractors[plane].extract(arr, h, plane, fspec)
-            per_plane[plane][i] = next(iter(feats.values()))[0]
+            ready = prepare_plane(read_plane_image(path, plane), plane, backbones[plane][0].config,
+                                  spec.preprocessing)
+            hashes[row.study_id][plane] = ready.content_hash
+            feats = plane_features(backbones[plane], ready, spec.feature_spec(plane, n_draws=1, seed=seed), cache,
+                                   device)
+            per_plane[plane][i] = single_features(feats)[0]
+            transform = ready.transform
             present[i, j] = True
             if plane == seg_plane:
                 lab_path = row.labels.get(f"labels_{plane}")

@@ -121,14 +121,19 @@ class MPAEHead(nn.Module):
     def expert_logits(self, features: Mapping[str, torch.Tensor | None], present: torch.Tensor | None = None):
         """-> (expert logits [B, K, 3] with zeros for absent planes, presence bool [B, 3])."""
         mask = plane_presence(features, present)
+        pooled = {p: self.experts[p].pool(x) for p, x in features.items() if x is not None}
+        return self.logits_from_pooled(pooled, mask), mask
+
+    def logits_from_pooled(self, pooled: Mapping[str, torch.Tensor], present: torch.Tensor) -> torch.Tensor:
+        """Expert logits [B, K, 3] from each present plane's SAP vector (the experts' linear layers;
+        fine-tuning trains these on vectors pooled once)."""
         columns = []
         for i, plane in enumerate(PLANES):
-            x = features.get(plane)
-            if x is None:
-                columns.append(torch.zeros(mask.shape[0], self.n_labels, device=mask.device))
+            if plane in pooled:
+                columns.append(self.experts[plane].classifier(pooled[plane]) * present[:, i:i + 1])
             else:
-                columns.append(self.experts[plane](x) * mask[:, i:i + 1])
-        return torch.stack(columns, dim=-1), mask
+                columns.append(torch.zeros(present.shape[0], self.n_labels, device=present.device))
+        return torch.stack(columns, dim=-1)
 
     def fuse(self, expert_logits: torch.Tensor, present: torch.Tensor | None = None) -> DiagnosisOutput:
         fused, weights = self.gate(expert_logits, present)

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..runtime import threads_per_worker, torchrun_env
+
 from .. import csvsafe  # formula-safe cells in every CSV the tool writes
 
 SUMMARY_FILE = "uncertainty_summary.json"
@@ -62,34 +64,17 @@ def _job_for_row(settings: dict, row, case_out: Path):
                          "ehr": ehr, "reformat": False})
 
 
-def cpu_cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # macOS / Windows
-        return os.cpu_count() or 1
-
-
-def threads_per_worker(workers: int, local_world: int = 1) -> int:
-    return max(1, cpu_cores() // max(1, workers * local_world))
-
-
 # ---------------------------------------------------------------------------------------------
 # one case
 
-def uncertainty_summary(pred, loaded) -> dict:
+def uncertainty_summary(pred) -> dict:
     """Per-case uncertainty components from a Prediction (used by ``orthodiffusion rank``)."""
     import SimpleITK as sitk
-    import torch
 
     from .. import DISCLAIMER
 
     k = pred.draw_probabilities.shape[0]
-    feats = {p: (pred.planes[p].features if p in pred.planes else None) for p in PLANES}
-    present = torch.tensor([[p in pred.planes for p in PLANES]] * k)
-    with torch.no_grad():
-        expert_logits, _ = loaded.heads["mpae"].expert_logits(feats, present)
-    expert_p = torch.sigmoid(expert_logits).mean(0).numpy()            # [K_findings, 3]
-    expert_p[:, ~present[0].numpy()] = np.nan
+    expert_p = pred.diagnosis.expert_probabilities                     # [K_findings, 3], NaN: absent
     entropy = sitk.GetArrayViewFromImage(pred.uncertainty)
     labels = sitk.GetArrayViewFromImage(pred.labels)
     structures = labels > 0
@@ -139,7 +124,7 @@ def predict_case(settings: dict, row, out: Path, loaded) -> dict:
                 "error": f"InputError: {problem}"}
 
     def add_summary(pred):  # inside the staged folder: the case appears whole, summary included
-        atomic_write_json(pred.out_dir / SUMMARY_FILE, uncertainty_summary(pred, loaded))
+        atomic_write_json(pred.out_dir / SUMMARY_FILE, uncertainty_summary(pred))
 
     try:
         predict_study(_job_for_row(settings, row, case_out), loaded=loaded, log=lambda m: None,
@@ -157,7 +142,7 @@ def _init_worker(settings: dict, threads: int) -> None:
     import torch
 
     from ..device import resolve_device
-    from .predict import load_model
+    from ..models.loading import load_model
 
     torch.set_num_threads(threads)
     _WORKER["settings"] = settings
@@ -171,19 +156,6 @@ def _worker_case(row, out: str) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # torchrun
-
-def dist_env() -> tuple[int, int, int, int]:
-    """(rank, world size, local rank, local world size) from the torchrun environment (0, 1, 0, 1 without)."""
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    rank = int(os.environ.get("RANK", "0") or 0)
-    local_rank = int(os.environ.get("LOCAL_RANK", "0") or 0)
-    local_world = int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
-    if world > 1 and not 0 <= rank < world:
-        from ..errors import UserError
-
-        raise UserError(f"RANK={rank} is outside 0..WORLD_SIZE-1 ({world - 1})")
-    return rank, world, local_rank, local_world
-
 
 def shard(rows: list, rank: int, world: int) -> list:
     """Deterministic round-robin shard: rank r takes rows r, r+world, ..."""
@@ -242,14 +214,10 @@ def _write_reports(out: Path, outcomes: list, n_rows: int, settings: dict, worke
 
 def _check_model(settings: dict) -> None:
     """Fail fast, in the parent, with one line (instead of N broken workers)."""
-    from ..errors import UserError
-    from ..heads import HeadStore
     from ..models.catalogue import get_model
+    from ..models.loading import require_fitted_heads
 
-    spec = get_model(settings["model"])
-    if settings.get("heads_version") is None and not HeadStore(spec.heads_for_read()).current():
-        raise UserError(f"model '{spec.id}' has no fitted heads in {spec.heads_for_read()}; fit them with "
-                        f"`orthodiffusion fit --model {spec.id} --manifest COHORT.csv`")
+    require_fitted_heads(get_model(settings["model"]), settings.get("heads_version"))
 
 
 def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_world: int = 1,
@@ -277,7 +245,7 @@ def run_rows(rows: list, out: Path, settings: dict, workers: int = 1, local_worl
             torch.set_num_threads(threads)
             if loaded is None:
                 from ..device import resolve_device
-                from .predict import load_model
+                from ..models.loading import load_model
 
                 loaded = load_model(settings["model"], resolve_device(settings["device"]),
                                     settings.get("heads_version"))
@@ -330,7 +298,8 @@ def predict_cohort(args) -> int:
     manifest = read_manifest(args.manifest)
     out = Path(args.out)
     settings = settings_from_args(args)
-    rank, world, local_rank, local_world = dist_env()
+    env = torchrun_env()
+    rank, world, local_rank, local_world = env.rank, env.world, env.local_rank, env.local_world
     rows = manifest.rows
     if world > 1:
         rows = shard(rows, rank, world)

@@ -91,14 +91,15 @@ def _summary_for_legacy(case_dir: Path, settings: dict, row, loaded_holder: dict
     from ..ownership import record_files
     from ..storage import atomic_write_json
     from .cohort import SUMMARY_FILE, _job_for_row, uncertainty_summary
-    from .predict import load_model, predict_study
+    from ..models.loading import load_model
+    from .predict import predict_study
 
     if "loaded" not in loaded_holder:
         loaded_holder["loaded"] = load_model(settings["model"], resolve_device(settings["device"]),
                                              settings.get("heads_version"))
     job = _job_for_row(settings, row, case_dir)
     pred = predict_study(job, loaded=loaded_holder["loaded"], log=lambda m: None, write=False)
-    summary = uncertainty_summary(pred, loaded_holder["loaded"])
+    summary = uncertainty_summary(pred)
     atomic_write_json(case_dir / SUMMARY_FILE, summary)
     record_files(case_dir, "case", SUMMARY_FILE)  # the folder stays provably the tool's
     return summary
@@ -111,7 +112,8 @@ def rank_cohort(manifest_path, out: Path, settings: dict, results: Path, workers
     from ..storage import read_json
     from ..models.catalogue import get_model
     from ..ownership import CSV_SIGNATURE, check_file_replaceable
-    from .cohort import _check_model, claim_cohort_folder, run_rows, threads_per_worker
+    from ..runtime import threads_per_worker
+    from .cohort import _check_model, claim_cohort_folder, run_rows
 
     manifest = read_manifest(manifest_path)
     _check_model(settings)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import vtk
 
-from ..planes import PLANES
 _AXIS_TO_PLANE = {0: "sagittal", 1: "coronal", 2: "axial"}  # normal along R, A, S
 
 

@@ -78,6 +78,9 @@ class CaseResult:
     files: dict = field(default_factory=dict)  # filled by write/read: name -> {"path", "sha256"}
     directory: Path | None = None
     disclaimer: str = DISCLAIMER
+    # the model's label sets (its catalogue entry / head manifest); the knee sets when not given
+    label_sets: dict = field(default_factory=lambda: {"structures": STRUCTURES_LABEL_SET,
+                                                      "findings": FINDINGS_LABEL_SET})
 
     def finding(self, key: str) -> Finding:
         for f in self.findings:
@@ -110,8 +113,8 @@ def terminology_string(label: dict) -> str:
     ])
 
 
-def structure_labels() -> list[dict]:
-    return list(load_label_set(STRUCTURES_LABEL_SET).labels)
+def structure_labels(label_set: str = STRUCTURES_LABEL_SET) -> list[dict]:
+    return list(load_label_set(label_set).labels)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -135,7 +138,7 @@ def findings_to_json(result: CaseResult) -> dict:
     return {
         "disclaimer": DISCLAIMER,
         "case_id": result.case_id,
-        "label_set": FINDINGS_LABEL_SET,
+        "label_set": result.label_sets["findings"],
         "planes_present": list(result.planes_present),
         "plane_order": list(PLANES),
         "findings": [
@@ -262,10 +265,11 @@ def _check_inputs(result: CaseResult, labels_img, uncertainty_img) -> None:
 
     if result.reference_plane not in (*PLANES, "3d"):
         raise InputError(f"reference_plane must be one of {PLANES + ('3d',)}, got '{result.reference_plane}'")
-    allowed = {0, *load_label_set(STRUCTURES_LABEL_SET).values}
+    structures = result.label_sets["structures"]
+    allowed = {0, *load_label_set(structures).values}
     present = set(np.unique(sitk.GetArrayViewFromImage(labels_img)).tolist())
     if not present <= allowed:
-        raise InputError(f"label map has values outside knee-11: {sorted(present - allowed)}")
+        raise InputError(f"label map has values outside {structures}: {sorted(present - allowed)}")
     if uncertainty_img is not None and not _same_grid(labels_img, uncertainty_img):
         raise InputError(f"uncertainty is not on the label map's grid ({_grid(uncertainty_img)} vs {_grid(labels_img)})")
 
@@ -273,8 +277,8 @@ def _check_inputs(result: CaseResult, labels_img, uncertainty_img) -> None:
 def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncertainty=None) -> Path:
     """Write a complete result folder (SimpleITK images in, atomic files out); returns its path.
 
-    ``labels``: knee-11 label image on the reference grid; ``uncertainty``: float image on the same
-    grid (zeros when omitted). ``result.json`` goes last.
+    ``labels``: label image (the result's structure label set) on the reference grid;
+    ``uncertainty``: float image on the same grid (zeros when omitted). ``result.json`` goes last.
     """
     import SimpleITK as sitk
 
@@ -289,7 +293,7 @@ def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncerta
         uncertainty = sitk.Image(labels.GetSize(), sitk.sitkFloat32)
         uncertainty.CopyInformation(labels)
     _write_image(labels_u8, out / FILE_NAMES["labels"])
-    write_seg_nrrd(labels_u8, out / FILE_NAMES["segmentation"])
+    write_seg_nrrd(labels_u8, out / FILE_NAMES["segmentation"], structure_labels(result.label_sets["structures"]))
     _write_image(sitk.Cast(uncertainty, sitk.sitkFloat32), out / FILE_NAMES["uncertainty"])
     atomic_write_json(out / FILE_NAMES["findings_json"], findings_json)
     atomic_write_text(out / FILE_NAMES["findings_csv"], findings_to_csv(result))
@@ -302,7 +306,7 @@ def write_result_folder(result: CaseResult, labels, out_dir: str | Path, uncerta
         "case_id": result.case_id,
         "reference_plane": result.reference_plane,
         "planes_present": list(result.planes_present),
-        "label_sets": {"structures": STRUCTURES_LABEL_SET, "findings": FINDINGS_LABEL_SET},
+        "label_sets": dict(result.label_sets),
         "reference_grid": _grid(labels),
         "files": files,
         "model": dict(result.model),
@@ -338,7 +342,7 @@ def read_result_folder(directory: str | Path, verify: bool = False) -> CaseResul
                       planes_present=list(index["planes_present"]), findings=findings, model=index["model"],
                       head_version=index["head_version"], provenance=index.get("provenance", {}),
                       timings=fj.get("timings", {}), files=index["files"], directory=d,
-                      disclaimer=index["disclaimer"])
+                      disclaimer=index["disclaimer"], label_sets=dict(index["label_sets"]))
 
 
 def result_to_dict(result: CaseResult) -> dict:

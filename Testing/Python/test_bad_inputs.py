@@ -100,7 +100,7 @@ def _call(c: dict, tmp_path: Path):
 
         return read_label_map(kw["path"])
     if call == "ehr":
-        from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+        from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
         return validate_ehr(parse_ehr(kw["text"]))
     if call == "get_model":

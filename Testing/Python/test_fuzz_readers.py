@@ -187,7 +187,7 @@ EHR_TEXT = st.lists(st.tuples(st.sampled_from(["age", "sex", "height_cm", "weigh
 @FAST
 @given(pairs=EHR_TEXT, junk=st.text(max_size=10))
 def test_ehr_text_works_or_gives_one_line(pairs, junk):
-    from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+    from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
     text = ",".join(f"{k}={v}" for k, v in pairs) + junk
     if Path(text).expanduser().exists() or text.lower().endswith(".json"):
@@ -212,7 +212,7 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.floats(allow_nan=True,
 def test_ehr_json_works_or_gives_one_line(record):
     import json
 
-    from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+    from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
     with Sandbox() as box:
         path = box.dir / "ehr.json"

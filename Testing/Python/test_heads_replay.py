@@ -45,6 +45,7 @@ def test_fit_heads_writes_replay_sample(tmp_path, monkeypatch):
     from OrthoDiffusionLib.features import FeatureCache
     from OrthoDiffusionLib.models.catalogue import get_model
     from OrthoDiffusionLib.features.cohort import extract_cohort
+    from OrthoDiffusionLib.models.loading import load_backbones
     from OrthoDiffusionLib.jobs import FitJob
     from OrthoDiffusionLib.adapt.fit import fit_heads
     from standins import make_standin_model, make_toy_cohort
@@ -64,7 +65,8 @@ def test_fit_heads_writes_replay_sample(tmp_path, monkeypatch):
 
     # the stored features and targets are the training cases' own (fp16 features)
     rows = [r for r in read_manifest(manifest).rows if r.split in (None, "train")]
-    tr = extract_cohort(rows, get_model(str(model)), "cpu", FeatureCache(tmp_path / "cache"), "sagittal", 0, False)
+    spec = get_model(str(model))
+    tr = extract_cohort(rows, spec, load_backbones(spec), "cpu", FeatureCache(tmp_path / "cache"), "sagittal", 0, False)
     hits = [i for i in range(len(rows)) if any(torch.equal(tr.features["sagittal"][i].half().float(), f)
                                                for f in replay.features["sagittal"])]
     assert len(hits) == 4

@@ -226,7 +226,8 @@ def test_saturated_voxels_are_clipped_with_a_warning_and_clean_volumes_are_untou
 def test_saturated_voxels_do_not_move_the_findings():
     """End to end with the shipped knee-demo heads: clean vs 32 saturated voxels."""
     from OrthoDiffusionLib.jobs import PredictJob
-    from OrthoDiffusionLib.inference.predict import load_model, predict_study
+    from OrthoDiffusionLib.inference.predict import predict_study
+    from OrthoDiffusionLib.models.loading import load_model
 
     clean = sitk.ReadImage(str(SAMPLE))
     arr = sitk.GetArrayFromImage(clean)

@@ -94,7 +94,7 @@ def test_write_config_updates_the_user_folder_model_with_a_backup(swept):
 
 def test_write_config_for_a_shipped_model_makes_a_user_copy(swept, repo_root):
     from OrthoDiffusionLib.models.catalogue import get_model, user_models_dir
-    from OrthoDiffusionLib.inference.predict import load_model
+    from OrthoDiffusionLib.models.loading import load_model
     from OrthoDiffusionLib.adapt.sweep import write_best_config
 
     catalogue = repo_root / "Resources" / "Models" / "catalogue.json"

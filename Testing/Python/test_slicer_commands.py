@@ -14,7 +14,7 @@ from OrthoDiffusionLib.cli import finetune as cli_finetune
 from OrthoDiffusionLib.cli import predict as cli_predict
 from OrthoDiffusionLib.cli.main import build_parser
 from OrthoDiffusionLib.jobs import FinetuneJob, PredictJob
-from OrthoDiffusionLib.inference.predict import parse_ehr
+from OrthoDiffusionLib.ehr import parse_ehr
 from OrthoDiffusionLib.slicerlogic.commands import cli_environment, finetune_command, predict_command
 from OrthoDiffusionLib.slicerlogic.process import (BlockingRunner, ProcessPump, kill_process_tree,
                                                    start_process_group)

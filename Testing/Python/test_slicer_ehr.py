@@ -17,7 +17,7 @@ from OrthoDiffusionLib.cli import predict as cli_predict
 from OrthoDiffusionLib.cli.main import build_parser
 from OrthoDiffusionLib.errors import UserError
 from OrthoDiffusionLib.jobs import PredictJob
-from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 from OrthoDiffusionLib.slicerlogic import ehr as gui_ehr
 
 MODULE = REPO / "OrthoDiffusion" / "OrthoDiffusion.py"

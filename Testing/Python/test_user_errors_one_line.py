@@ -38,7 +38,7 @@ def _manifest(tmp_path: Path, rows: str, extra_cols: str = "") -> Path:
 def test_ehr_values_the_manifest_refuses_are_refused_by_predict_ehr(tmp_path, text, fragment):
     """Before: NaN became 'missing' and unknown codes 'unknown', silently."""
     from OrthoDiffusionLib.io.manifest import read_manifest
-    from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+    from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
     with pytest.raises(InputError) as cli_side:
         validate_ehr(parse_ehr(text))
@@ -53,7 +53,7 @@ def test_ehr_values_the_manifest_refuses_are_refused_by_predict_ehr(tmp_path, te
                                               ({"age": float("nan")}, "is not a number"), ({"sex": 1}, "not one of F, M"),
                                               ({"bmi": 22}, "unknown field(s)")])
 def test_ehr_json_values_of_the_wrong_kind_are_refused(tmp_path, record, fragment):
-    from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+    from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
     path = tmp_path / "ehr.json"
     path.write_text(json.dumps(record))  # json writes NaN as NaN, which json.loads reads back
@@ -64,7 +64,7 @@ def test_ehr_json_values_of_the_wrong_kind_are_refused(tmp_path, record, fragmen
 
 def test_valid_ehr_is_normalised_the_same_way_on_both_paths(tmp_path):
     from OrthoDiffusionLib.io.manifest import read_manifest
-    from OrthoDiffusionLib.inference.predict import parse_ehr, validate_ehr
+    from OrthoDiffusionLib.ehr import parse_ehr, validate_ehr
 
     record = validate_ehr(parse_ehr("age=54,sex=female,height_cm=170,weight_kg=70,patient_type=Outpatient,event=fall"))
     row = read_manifest(_manifest(tmp_path, "S1,P1,knee.nii.gz,,,54,female,170,70,Outpatient,fall\n",

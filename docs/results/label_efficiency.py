@@ -171,7 +171,7 @@ def prepare_features(args, rows, work: Path, shas: dict) -> Path:
 
     from OrthoDiffusionLib.features import FeatureCache, FeatureExtractor
     from OrthoDiffusionLib.models.catalogue import get_model
-    from OrthoDiffusionLib.features.cohort import load_backbones
+    from OrthoDiffusionLib.models.loading import load_backbones
 
     # Same features as `orthodiffusion fit` (extract_cohort): same preprocessed arrays, same content
     # hashes (noise seeds), one draw with the given seed; computed from the inputs cached above so the
