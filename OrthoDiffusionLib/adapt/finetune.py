@@ -29,6 +29,7 @@ import torch
 
 from .. import DISCLAIMER, __version__
 from ..errors import InputError, UserError
+from ..evaluation.segmentation import label_dice
 from ..jobs import FinetuneJob
 
 from ..planes import PLANES
@@ -202,18 +203,6 @@ def load_corrected_case(entry, corrections, spec, head_manifest, seg_plane, out_
 
 # ----------------------------------------------------------------------------- metrics
 
-def label_dice(pred: torch.Tensor, target: torch.Tensor, values, keys) -> dict:
-    """Per-structure Dice over structures in the prediction OR the target (a structure the
-    annotator deleted but the heads still predict scores 0); mean over those."""
-    out = {}
-    for v, key in zip(values, keys):
-        a, b = pred == v, target == v
-        denom = int(a.sum() + b.sum())
-        out[key] = 2.0 * float((a & b).sum()) / denom if denom else None
-    vals = [x for x in out.values() if x is not None]
-    return {"dice": out, "mean_dice": float(np.mean(vals)) if vals else None}
-
-
 # The segmentation decoder is fine-tuned at its output layer (1×1×1 classifier) on its cached
 # penultimate activations: one decoder pass per sample, then hundreds of cheap steps. Measured on
 # knee-demo (2 shared CPU cores): a few AdamW steps on the whole decoder cost seconds each and
@@ -252,24 +241,13 @@ def _labels_from(decoder, act: torch.Tensor) -> torch.Tensor:
 
 @torch.no_grad()
 def replay_dice(decoder, acts, targets, structures) -> float | None:
-    """Mean Dice of the decoder on the replay cases against their stored label maps (per structure:
-    mean over the cases whose map has it; unlabelled voxels left out, as in ``fitting._dice``)."""
+    """Mean Dice of the decoder on the replay cases against their stored label maps (the one
+    in-training rule, ``evaluation.segmentation.label_dice``: unlabelled voxels left out, a structure
+    scored where the stored map has it)."""
     if acts is None or not len(acts):
         return None
-    n = max(structures.values) + 1
-    scores: dict[int, list] = {v: [] for v in structures.values}
-    for i in range(len(acts)):
-        pred = tail_logits(decoder, acts[i:i + 1]).argmax(1)[0].flatten()
-        target = targets[i].flatten()
-        valid = target >= 0
-        pred, target = pred[valid], target[valid]
-        inter = torch.bincount(target[pred == target], minlength=n)
-        t_count, p_count = torch.bincount(target, minlength=n), torch.bincount(pred, minlength=n)
-        for v in structures.values:
-            if int(t_count[v]) > 0:
-                scores[v].append(2.0 * float(inter[v]) / float(t_count[v] + p_count[v]))
-    means = [float(np.mean(x)) for x in scores.values() if x]
-    return float(np.mean(means)) if means else None
+    preds = torch.cat([tail_logits(decoder, acts[i:i + 1]).argmax(1) for i in range(len(acts))])
+    return label_dice(preds, targets, structures.values, structures.keys, count="target")["mean_dice"]
 
 
 def _voxels(acts: torch.Tensor, targets: torch.Tensor):
@@ -493,12 +471,12 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
             rep_t = replay.seg_targets[pool] if len(pool) else None
             for c, a in zip(seg_cases, acts):
                 c.metrics["dice_before"] = label_dice(_labels_from(old, a), c.seg_target, structures.values,
-                                                      structures.keys)
+                                                      structures.keys, count="either")
             replay_before = replay_dice(old, rep_acts, rep_t, structures)
             history["segmentation"] = _finetune_segmentation(decoder, acts, targets, rep_acts, job, progress)
             for c, a in zip(seg_cases, acts):
                 c.metrics["dice_after"] = label_dice(_labels_from(decoder, a), c.seg_target, structures.values,
-                                                     structures.keys)
+                                                     structures.keys, count="either")
             history["segmentation"]["replay_mean_dice_before"] = replay_before
             history["segmentation"]["replay_mean_dice_after"] = replay_dice(decoder, rep_acts, rep_t, structures)
             new_heads[f"seg_{seg_plane}"] = decoder

@@ -13,6 +13,9 @@ import time
 import numpy as np
 import torch
 
+from ..evaluation.classification import auroc_per_label
+from ..evaluation.segmentation import label_dice
+
 from .. import DISCLAIMER, __version__
 from ..errors import UserError
 from ..jobs import FitJob
@@ -22,33 +25,6 @@ from ..jobs import FitJob
 def _labels(rows, keys) -> np.ndarray:
     return np.array([[np.nan if r.findings.get(k) is None else float(r.findings[k]) for k in keys] for r in rows],
                     dtype=np.float32).reshape(len(rows), len(keys))
-
-
-def _aurocs(y: np.ndarray, p: np.ndarray, keys) -> dict:
-    from sklearn.metrics import roc_auc_score
-
-    out = {}
-    for k, key in enumerate(keys):
-        known = ~np.isnan(y[:, k])
-        yk = y[known, k]
-        out[key] = float(roc_auc_score(yk, p[known, k])) if yk.size and 0 < yk.sum() < yk.size else None
-    vals = [v for v in out.values() if v is not None]
-    return {"auroc": out, "macro_auroc": float(np.mean(vals)) if vals else None, "n": int(len(y))}
-
-
-def _dice(pred: torch.Tensor, target: torch.Tensor, values, keys) -> dict:
-    out = {}
-    for v, key in zip(values, keys):
-        scores = []
-        for a, b in zip(pred, target):
-            valid = b >= 0
-            pa, pb = (a == v) & valid, (b == v) & valid
-            denom = int(pa.sum() + pb.sum())
-            if int(pb.sum()) > 0:
-                scores.append(2.0 * float((pa & pb).sum()) / denom)
-        out[key] = float(np.mean(scores)) if scores else None
-    vals = [v for v in out.values() if v is not None]
-    return {"dice": out, "mean_dice": float(np.mean(vals)) if vals else None, "n": int(len(pred))}
 
 
 def _feature_settings(planes) -> dict:
@@ -169,13 +145,13 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
         oof_p = torch.sigmoid(oof_logits).numpy()
         th = choose_thresholds(y, oof_p, "youden", labels=keys)
         thresholds = {k: (0.5 if (v is None or math.isnan(v)) else min(max(float(v), 0.0), 1.0)) for k, v in th.items()}
-        metrics["diagnosis_oof"] = _aurocs(y, oof_p, keys)
+        metrics["diagnosis_oof"] = auroc_per_label(y, oof_p, keys)
         if va is not None:
             with torch.no_grad():
                 logits = head(va.features, va.present).logits
                 if ehr_head is not None:
                     logits = ehr_head(logits, [dict(r.ehr) for r in val_rows])
-            metrics["diagnosis_val"] = _aurocs(_labels(val_rows, keys), torch.sigmoid(logits).numpy(), keys)
+            metrics["diagnosis_val"] = auroc_per_label(_labels(val_rows, keys), torch.sigmoid(logits).numpy(), keys)
         timings["diagnosis_s"] = round(time.perf_counter() - t0, 2)
         m = metrics.get("diagnosis_val") or metrics["diagnosis_oof"]
         log(f"[diagnosis] done in {timings['diagnosis_s']} s; macro AUROC "
@@ -200,7 +176,7 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
             vi = np.flatnonzero(va.seg_has_labels)
             with torch.no_grad():
                 pred = decoder(va.features[seg_plane][vi]).argmax(1)
-            metrics[f"segmentation_{seg_plane}_val"] = _dice(pred, va.seg_targets[vi], structure_set.values,
+            metrics[f"segmentation_{seg_plane}_val"] = label_dice(pred, va.seg_targets[vi], structure_set.values,
                                                              structure_set.keys)
         timings["segmentation_s"] = round(time.perf_counter() - t0, 2)
         md = (metrics.get(f"segmentation_{seg_plane}_val") or {}).get("mean_dice")

@@ -84,7 +84,7 @@ def _fit_predict(X_train, y_train, X_eval) -> np.ndarray | None:
 def probe_scores(X: np.ndarray, Y: np.ndarray, plan: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Per-finding AUROC [K] (NaN where not scorable) of probes fitted/scored on ``plan`` =
     [(train indices, eval indices), ...] (one pair for a split, k pairs for out-of-fold)."""
-    from sklearn.metrics import roc_auc_score
+    from ..evaluation.classification import auroc
     from threadpoolctl import threadpool_limits
 
     n, k = Y.shape
@@ -98,7 +98,7 @@ def probe_scores(X: np.ndarray, Y: np.ndarray, plan: list[tuple[np.ndarray, np.n
                 pred[ev] = p
         ok = ~np.isnan(pred) & ~np.isnan(Y[:, j])
         if ok.any() and len(np.unique(Y[ok, j])) == 2:
-            scores[j] = roc_auc_score(Y[ok, j].astype(int), pred[ok])
+            scores[j] = auroc(Y[ok, j], pred[ok])
     return scores
 
 

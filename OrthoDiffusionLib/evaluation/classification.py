@@ -238,3 +238,25 @@ def evaluate_classification(y_true, y_prob, labels=None, thresholds=None, n_boot
         "per_label": per_label,
         "macro_auroc": macro_auroc(y, p, labels, n_boot=n_boot, seed=seed, ci=ci),
     }
+
+
+def auroc(y_col, p_col) -> float:
+    """AUROC of one label (sklearn) over the cases whose label is known; NaN unless both classes occur.
+    The point estimate used while fitting and probing (``label_metrics`` adds CIs and the rest)."""
+    from sklearn.metrics import roc_auc_score
+
+    y, p = np.asarray(y_col, dtype=float), np.asarray(p_col, dtype=float)
+    known = ~np.isnan(y) & ~np.isnan(p)
+    y, p = y[known], p[known]
+    if y.size == 0 or not 0 < y.sum() < y.size:
+        return float("nan")
+    return float(roc_auc_score(y.astype(int), p))
+
+
+def auroc_per_label(y, p, keys) -> dict:
+    """{"auroc": {key: value or None}, "macro_auroc": mean of the defined ones or None, "n": cases}."""
+    y, p = np.asarray(y, dtype=float), np.asarray(p, dtype=float)
+    per = {key: auroc(y[:, k], p[:, k]) for k, key in enumerate(keys)}
+    per = {k: (None if np.isnan(v) else v) for k, v in per.items()}
+    vals = [v for v in per.values() if v is not None]
+    return {"auroc": per, "macro_auroc": float(np.mean(vals)) if vals else None, "n": int(len(y))}

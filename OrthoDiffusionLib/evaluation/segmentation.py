@@ -166,3 +166,35 @@ def _nanmean_rows(a: np.ndarray) -> np.ndarray:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmean(a, axis=-1)
+
+
+def label_dice(pred, target, values, keys, count: str = "target") -> dict:
+    """Dice per structure of label maps [N, ...] (or one map), the one rule used while fitting and
+    fine-tuning (``evaluate`` adds HD95, statuses and CIs):
+
+    - voxels where ``target`` < 0 are unlabelled and left out;
+    - a structure is scored in a case when the target has it (``count="target"``) or when the
+      target or the prediction has it (``count="either"``: a structure the annotator deleted but
+      the heads still predict scores 0); otherwise that case does not score it;
+    - per structure: the mean over the cases that score it (None when none does); ``mean_dice``:
+      the mean over the structures with a value.
+    """
+    if count not in ("target", "either"):
+        raise ValueError(f"count must be 'target' or 'either', got {count!r}")
+    pred, target = _to_numpy(pred), _to_numpy(target)
+    if pred.shape != target.shape:
+        raise ValueError(f"prediction {pred.shape} and target {target.shape} differ in shape")
+    if pred.ndim == 3:
+        pred, target = pred[None], target[None]
+    out = {}
+    for v, key in zip(values, keys):
+        scores = []
+        for a, b in zip(pred, target):
+            valid = b >= 0
+            pa, pb = (a == v) & valid, (b == v) & valid
+            n_pred, n_target = int(pa.sum()), int(pb.sum())
+            if n_target > 0 or (count == "either" and n_pred > 0):
+                scores.append(2.0 * float((pa & pb).sum()) / (n_pred + n_target))
+        out[key] = float(np.mean(scores)) if scores else None
+    vals = [x for x in out.values() if x is not None]
+    return {"dice": out, "mean_dice": float(np.mean(vals)) if vals else None, "n": int(len(pred))}

@@ -101,19 +101,31 @@ def test_marginal_cross_entropy_matches_the_partial_label_loss():
     torch.testing.assert_close(marginal_cross_entropy(rows, target.reshape(-1), ann_rows), want)
 
 
-def test_replay_dice_matches_the_fit_metric():
-    """The fast per-case Dice used on the replay sample equals the fit's validation Dice."""
+def test_replay_dice_follows_the_one_dice_rule():
+    """The replay Dice is evaluation's label_dice (the fit's rule): checked against a direct count
+    (unlabelled voxels left out, a structure scored only in the cases whose map has it)."""
+    import numpy as np
     from torch import nn
 
-    from OrthoDiffusionLib.labelsets import load_label_set
     from OrthoDiffusionLib.adapt.finetune import replay_dice
-    from OrthoDiffusionLib.adapt.fit import _dice
+    from OrthoDiffusionLib.evaluation.segmentation import label_dice
+    from OrthoDiffusionLib.labelsets import load_label_set
 
     structures = load_label_set("knee-11")
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(5, 12, 4, 8, 8, generator=g) * 3
     targets = torch.randint(-1, 12, (5, 4, 8, 8), generator=g)
+    targets[2][targets[2] == 7] = 0  # structure 7 missing from one case: that case does not score it
     head = nn.Module()
     head.classifier, head.out_shape = nn.Identity(), [4, 8, 8]  # logits in, logits out
-    want = _dice(logits.argmax(1), targets, structures.values, structures.keys)["mean_dice"]
-    assert replay_dice(head, logits, targets, structures) == pytest.approx(want, abs=1e-12)
+    pred, t = logits.argmax(1).numpy(), targets.numpy()
+    per = []
+    for v in structures.values:
+        scores = [2 * ((p == v) & (y == v)).sum() / (((p == v) & (y >= 0)).sum() + (y == v).sum())
+                  for p, y in zip(pred, t) if (y == v).any()]
+        if scores:
+            per.append(np.mean(scores))
+    assert replay_dice(head, logits, targets, structures) == pytest.approx(float(np.mean(per)), abs=1e-12)
+    either = label_dice(pred[2], t[2], [7], ["s7"], count="either")
+    assert either["dice"]["s7"] == 0.0  # predicted, absent from the map: scores 0 under "either"
+    assert label_dice(pred[2], t[2], [7], ["s7"])["dice"]["s7"] is None  # ... and is not scored under "target"
