@@ -39,8 +39,7 @@ def _predict_first(args) -> str:
     from ..io.manifest import read_manifest, write_manifest
     from ..errors import InputError
     from ..inference.cohort import predict_cohort
-    from .main import build_parser
-
+    from ..jobs import PredictJob
     from ..ownership import claim_folder
 
     claim_folder(args.out, "evaluation")  # before predicting: a refused --out costs nothing
@@ -54,11 +53,8 @@ def _predict_first(args) -> str:
             if not any(r.split == args.split for r in rows):
                 raise InputError(f"{manifest.path}: no rows with split '{args.split}'")
             path = write_manifest(rows, Path(tmp) / "manifest.csv", label_set=manifest.label_set)
-        argv = ["predict", "--manifest", str(path), "--out", str(pred_dir), "--model", args.model,
-                "--device", args.device, "--seed", str(args.seed)] + ([] if args.draws is None else ["--draws", str(args.draws)])
-        if args.cache:
-            argv += ["--cache", args.cache]
-        predict_cohort(build_parser().parse_args(argv))  # failures land in errors.csv; evaluate says so
+        template = PredictJob(model=args.model, device=args.device, seed=args.seed, draws=args.draws, cache=args.cache)
+        predict_cohort(path, pred_dir, template)  # failures land in errors.csv; evaluate says so
     return str(pred_dir)
 
 

@@ -57,6 +57,17 @@ def register(sub) -> None:
     p.set_defaults(func=_run)
 
 
+def template_from_args(args):
+    """A ``PredictJob`` of the arguments' shared settings (cohort mode, rank): every job field the
+    parser has; the per-case ones come from each manifest row."""
+    from dataclasses import fields
+
+    from ..jobs import PredictJob
+
+    return PredictJob(**{f.name: getattr(args, f.name) for f in fields(PredictJob)
+                         if f.name not in ("inputs", "planes", "out") and hasattr(args, f.name)})
+
+
 def job_from_args(args):
     from ..errors import UserError
     from ..jobs import PredictJob
@@ -102,7 +113,7 @@ def _run(args) -> int:
             from ..errors import UserError
 
             raise UserError("--dicom-seg/--anonymize apply to one study for now; run predict per study for them")
-        return predict_cohort(args)
+        return predict_cohort(args.manifest, args.out, template_from_args(args), args.workers, args.threads)
     from ..inference.predict import predict_study
 
     from ..results.exports import export_case

@@ -31,7 +31,8 @@ def register(sub) -> None:
 def _run(args) -> int:
     from .. import DISCLAIMER
     from ..errors import UserError
-    from ..inference.cohort import settings_from_args
+    from ..inference.cohort import cohort_settings
+    from .predict import template_from_args
     from ..inference.rank import SCORE_COMPONENTS, rank_cohort
 
     if args.draws < 2:
@@ -42,7 +43,7 @@ def _run(args) -> int:
     if out.suffix.lower() != ".csv":
         raise UserError(f"--out {out}: give a .csv file name")
     results = Path(args.results) if args.results else out.with_name(out.stem + "-cases")
-    rows = rank_cohort(args.manifest, out, settings_from_args(args), results, args.workers, args.threads)
+    rows = rank_cohort(args.manifest, out, cohort_settings(template_from_args(args)), results, args.workers, args.threads)
     few = [r["study_id"] for r in rows if r["status"] == "ok" and int(r["draws"]) < 2]
     if few:
         print(f"warning: {len(few)} reused case(s) were predicted with 1 noise draw (draw_spread = 0): "

@@ -46,13 +46,12 @@ _WORKER: dict = {}
 # ---------------------------------------------------------------------------------------------
 # settings shared by the parent and the workers (plain, picklable)
 
-def settings_from_args(args) -> dict:
-    """PredictJob fields taken from the CLI arguments (any field the parser has), minus the per-case ones."""
-    from ..jobs import PredictJob
+PER_CASE_FIELDS = ("inputs", "planes", "out", "case_id", "ehr", "reformat")  # filled from each manifest row
 
-    per_case = {"inputs", "planes", "out", "case_id", "ehr", "reformat"}
-    return {f.name: getattr(args, f.name) for f in fields(PredictJob)
-            if f.name not in per_case and hasattr(args, f.name)}
+
+def cohort_settings(template) -> dict:
+    """The fields of a ``PredictJob`` template that every case of a cohort shares (plain, picklable)."""
+    return {f.name: getattr(template, f.name) for f in fields(template) if f.name not in PER_CASE_FIELDS}
 
 
 def _job_for_row(settings: dict, row, case_out: Path):
@@ -285,19 +284,20 @@ def claim_cohort_folder(out: Path, manifest, what: str = "--out") -> Path:
     return claim_folder(out, "cohort", what)
 
 
-def predict_cohort(args) -> int:
+def predict_cohort(manifest_path, out, template, workers: int = 1, threads: int | None = None) -> int:
+    """Predict every row of the manifest into ``out/<study_id>`` with the settings of ``template`` (a
+    ``PredictJob``; its per-case fields are ignored); returns the exit code (1: every case failed)."""
     from .. import DISCLAIMER
-    from ..io.manifest import read_manifest
     from ..errors import UserError
+    from ..io.manifest import read_manifest
 
-    if args.workers < 1:
-        raise UserError(f"--workers must be ≥ 1, got {args.workers}")
-    threads = getattr(args, "threads", None)
+    if workers < 1:
+        raise UserError(f"--workers must be ≥ 1, got {workers}")
     if threads is not None and threads < 1:
         raise UserError(f"--threads must be ≥ 1, got {threads}")
-    manifest = read_manifest(args.manifest)
-    out = Path(args.out)
-    settings = settings_from_args(args)
+    manifest = read_manifest(manifest_path)
+    out = Path(out)
+    settings = cohort_settings(template)
     env = torchrun_env()
     rank, world, local_rank, local_world = env.rank, env.world, env.local_rank, env.local_world
     rows = manifest.rows
@@ -309,7 +309,7 @@ def predict_cohort(args) -> int:
             settings["device"] = f"cuda:{local_rank % torch.cuda.device_count()}"  # more ranks than GPUs: share
     _check_model(settings)
     claim_cohort_folder(out, manifest)
-    outcomes = run_rows(rows, out, settings, args.workers, local_world if world > 1 else 1,
+    outcomes = run_rows(rows, out, settings, workers, local_world if world > 1 else 1,
                         desc=f"rank {rank}/{world} cases" if world > 1 else "cases", threads=threads)
     for o in outcomes:
         o["rank"] = rank
@@ -317,8 +317,8 @@ def predict_cohort(args) -> int:
         outcomes = _gather_outcomes(outcomes, rank, world)
         if outcomes is None:  # not rank 0: rank 0 reports for the cohort
             return 0
-    _write_reports(out, outcomes, len(manifest.rows), settings, args.workers, world,
-                   threads or threads_per_worker(args.workers, local_world if world > 1 else 1))
+    _write_reports(out, outcomes, len(manifest.rows), settings, workers, world,
+                   threads or threads_per_worker(workers, local_world if world > 1 else 1))
     done = sum(o["status"] == "ok" for o in outcomes)
     skipped = sum(o["status"] == "skipped" for o in outcomes)
     failed = sum(o["status"] == "failed" for o in outcomes)
