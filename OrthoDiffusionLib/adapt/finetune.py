@@ -1,5 +1,6 @@
 """Fine-tune the current heads on the user's corrections (+ the head version's replay sample) and
-save a NEW head version in the per-user store; list versions; roll back.
+save a NEW head version in the per-user store (input: ``corrected``; training: ``output_layers``;
+listing and rollback: ``models.versions``).
 
 Per corrected case (latest correction entry of each case):
 - features come from the feature cache under the content hashes the prediction recorded (the
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,341 +32,11 @@ from ..errors import InputError, UserError
 from ..evaluation.segmentation import label_dice
 from ..jobs import FinetuneJob
 
-from ..planes import PLANES
-FINETUNE_LOCK = "finetune"  # <user heads>/finetune.lock: one fine-tune per store at a time
+from ..models.versions import FINETUNE_LOCK
+from .corrected import CorrectedCase, latest_corrections, load_corrected_case
+from .output_layers import (train_diagnosis_linears, train_segmentation_classifier, labels_from_activations, finding_probabilities,
+                            decoder_activations, replay_dice)
 
-
-@dataclass
-class CorrectedCase:
-    entry: object                       # corrections.CorrectionEntry
-    prediction: dict                    # corrections.prediction_record of the predicted result
-    features: dict                      # plane -> float32 [K, C, d, h, w]
-    seg_target: torch.Tensor | None     # long [D, H, W] on the seg plane's network grid
-    finding_labels: np.ndarray          # float32 [K_findings], NaN = not corrected
-    ehr: dict | None = None
-    metrics: dict = field(default_factory=dict)
-
-    @property
-    def case_id(self) -> str:
-        return self.entry.case_id
-
-
-# ----------------------------------------------------------------------------- selecting input
-
-def latest_corrections(store, cases=None) -> list:
-    """Latest entry per case (all cases, or the given ids), oldest case first."""
-    entries = store.entries()
-    if cases:
-        wanted = set(cases)
-        unknown = wanted - {e.case_id for e in entries}
-        if unknown:
-            raise UserError(f"no correction for case(s) {', '.join(sorted(unknown))} in {store.root}")
-        entries = [e for e in entries if e.case_id in wanted]
-    latest = {}
-    for e in entries:  # sorted oldest first: the last one wins
-        latest[e.case_id] = e
-    return sorted(latest.values(), key=lambda e: (e.created, e.entry_id))
-
-
-def _prediction_of(entry) -> dict:
-    from ..results.corrections import prediction_record
-    from ..storage import read_json
-
-    source = read_json(entry.directory / "record.json").get("source") or {}
-    pred = source.get("prediction") or {}
-    if not pred.get("inputs") and source.get("result_dir"):
-        pred = prediction_record(source["result_dir"])
-    if not pred.get("inputs"):
-        raise UserError(f"correction {entry.directory} does not say which prediction it corrects (no result "
-                        f"folder recorded); save it again from a predicted case")
-    return pred
-
-
-# ----------------------------------------------------------------------------- features, targets
-
-def _feature_spec(fs: dict):
-    from ..features import FeatureSpec
-
-    return FeatureSpec(timesteps=(int(fs["timestep"]),), blocks=(fs["block"],), seed=int(fs.get("seed", 0)),
-                       n_draws=int(fs.get("draws", 1)), preprocessing=fs.get("preprocessing", "released"))
-
-
-def _cached_features(pred: dict, plane: str, cache, backbone_sha: str):
-    from ..features.extract import cache_key
-
-    fspec = _feature_spec(pred["feature_spec"][plane])
-    h = pred["inputs"][plane]["content_hash"]
-    t, b = fspec.timesteps[0], fspec.blocks[0]
-    draws = [cache.get(cache_key(h, plane, backbone_sha, fspec, t, b, d)) for d in range(fspec.n_draws)]
-    return None if any(x is None for x in draws) else torch.stack(draws).float()
-
-
-def _reload_study(pred: dict, case_id: str):
-    from ..io import load_study
-
-    job = pred.get("job") or {}
-    inputs = [str(p) for p in job.get("inputs") or []]
-    planes = {k: str(v) for k, v in (job.get("planes") or {}).items()}
-    gone = [p for p in [*planes.values(), *inputs] if not Path(p).exists()]
-    if not (inputs or planes) or gone:
-        raise UserError(f"case {case_id}: its features are not in the feature cache and its input "
-                        f"{(gone or ['(none recorded)'])[0]} is gone; run `orthodiffusion predict` on it again, "
-                        f"then fine-tune")
-    return load_study(inputs, echo=job.get("echo"), reformat=job.get("reformat"), planes=planes)
-
-
-def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: dict, device, case_id: str, log):
-    """Re-run only the backbones of ``planes`` (to the needed block) and fill the cache."""
-    from ..features.plane import plane_features, prepare_plane, single_features
-    from ..models.loading import load_backbones
-
-    log(f"[features] {case_id}: {', '.join(planes)} not in the cache; running the backbone")
-    study = _reload_study(pred, case_id)
-    backbones = load_backbones(spec, planes=planes, device=device)
-    out = {}
-    for plane in planes:
-        model, sha = backbones[plane]
-        if sha != backbone_shas[plane]:
-            raise UserError(f"case {case_id}: the {plane} backbone changed since the prediction; predict it again")
-        series = study.planes.get(plane)
-        ready = prepare_plane(series.image, plane, model.config, spec.preprocessing) if series else None
-        if ready is None or ready.content_hash != pred["inputs"][plane]["content_hash"]:
-            raise UserError(f"case {case_id}: the {plane} input changed since the prediction; predict it again")
-        fspec = _feature_spec(pred["feature_spec"][plane])
-        out[plane] = single_features(plane_features(backbones[plane], ready, fspec, cache, device))
-    return out, study
-
-
-def network_target(labels_img, plane_img, plane: str, preprocessing: str, out_shape) -> torch.Tensor:
-    """Knee-11 label map on any grid -> long [D, H, W] on ``plane_img``'s network grid, through the
-    same preprocessing transform predict uses (nearest neighbour)."""
-    import SimpleITK as sitk
-
-    from ..io import preprocess
-
-    d, h, w = (int(v) for v in out_shape)
-    _, transform = preprocess(sitk.Cast(plane_img, sitk.sitkFloat32), mode=preprocessing, plane=plane, depth=d,
-                              size=(h, w))
-    return torch.as_tensor(transform.to_network(labels_img, is_label=True).astype(np.int64))
-
-
-def _finding_labels(findings: dict, keys) -> np.ndarray:
-    return np.array([float(findings[k]["decision"]) if k in findings else np.nan for k in keys], np.float32)
-
-
-def _ehr_of(pred: dict):
-    from ..ehr import parse_ehr
-
-    if not pred.get("ehr_used"):
-        return None
-    try:
-        return parse_ehr((pred.get("job") or {}).get("ehr"))
-    except UserError:
-        return None
-
-
-def load_corrected_case(entry, corrections, spec, head_manifest, seg_plane, out_shape, finding_keys, cache_dir,
-                        device, log) -> CorrectedCase:
-    from ..features import FeatureCache
-
-    pred = _prediction_of(entry)
-    backbone_shas = (pred.get("model") or {}).get("backbones") or {}
-    want = head_manifest.get("backbones") or {}
-    for plane, sha in want.items():
-        if plane in backbone_shas and backbone_shas[plane] != sha:
-            raise UserError(f"case {entry.case_id} was predicted with another {plane} backbone than the current "
-                            f"heads use; predict it again with model {spec.id}, save the correction, then fine-tune")
-    planes = [p for p in PLANES if p in pred["inputs"] and p in spec.planes and p in backbone_shas]
-    cache = FeatureCache(cache_dir or (pred.get("job") or {}).get("cache"))
-    feats, missing = {}, []
-    for plane in planes:
-        x = _cached_features(pred, plane, cache, backbone_shas[plane])
-        if x is None:
-            missing.append(plane)
-        else:
-            feats[plane] = x
-    study = None
-    if missing:
-        more, study = _recompute_features(pred, missing, spec, cache, backbone_shas, device, entry.case_id, log)
-        feats.update(more)
-    labels_img, findings = corrections.load(entry)
-    target = None
-    if seg_plane is not None and seg_plane in feats:
-        if pred.get("reference_plane") == seg_plane:
-            plane_img = labels_img  # the reference grid is the seg plane's own series grid
-        else:
-            study = study or _reload_study(pred, entry.case_id)
-            plane_img = study.planes[seg_plane].image
-        target = network_target(labels_img, plane_img, seg_plane, spec.preprocessing, out_shape)
-    return CorrectedCase(entry, pred, feats, target, _finding_labels(findings, finding_keys), _ehr_of(pred))
-
-
-# ----------------------------------------------------------------------------- metrics
-
-# The segmentation decoder is fine-tuned at its output layer (1×1×1 classifier) on its cached
-# penultimate activations: one decoder pass per sample, then hundreds of cheap steps. Measured on
-# knee-demo (2 shared CPU cores): a few AdamW steps on the whole decoder cost seconds each and
-# lowered the agreement with an unchanged target (thin structures on a 64×64 grid flip easily).
-
-@torch.no_grad()
-def decoder_activations(decoder, x: torch.Tensor, batch: int = 4) -> torch.Tensor:
-    """Input of the decoder's classifier for features ``x`` [B, C, d, h, w]."""
-    decoder.eval()
-    got = []
-    hook = decoder.classifier.register_forward_hook(lambda module, inputs, output: got.append(inputs[0].detach()))
-    try:
-        for i in range(0, len(x), batch):
-            decoder(x[i:i + batch])
-    finally:
-        hook.remove()
-    return torch.cat(got)
-
-
-def tail_logits(decoder, act: torch.Tensor) -> torch.Tensor:
-    """The decoder's output from its classifier input (same resize as ``SegmentationDecoder.forward``)."""
-    from torch.nn import functional as F
-
-    logits = decoder.classifier(act)
-    if list(logits.shape[2:]) != list(decoder.out_shape):
-        logits = F.interpolate(logits, size=decoder.out_shape, mode="trilinear", align_corners=False)
-    return logits
-
-
-@torch.no_grad()
-def _labels_from(decoder, act: torch.Tensor) -> torch.Tensor:
-    """argmax of the mean softmax over noise draws, as predict does: [K, ...] -> [D, H, W]."""
-    return torch.cat([torch.softmax(tail_logits(decoder, act[i:i + 4]), 1) for i in range(0, len(act), 4)]
-                     ).mean(0).argmax(0)
-
-
-@torch.no_grad()
-def replay_dice(decoder, acts, targets, structures) -> float | None:
-    """Mean Dice of the decoder on the replay cases against their stored label maps (the one
-    in-training rule, ``evaluation.segmentation.label_dice``: unlabelled voxels left out, a structure
-    scored where the stored map has it)."""
-    if acts is None or not len(acts):
-        return None
-    preds = torch.cat([tail_logits(decoder, acts[i:i + 1]).argmax(1) for i in range(len(acts))])
-    return label_dice(preds, targets, structures.values, structures.keys, count="target")["mean_dice"]
-
-
-def _voxels(acts: torch.Tensor, targets: torch.Tensor):
-    """[B, C, D, H, W] activations + [B, D, H, W] targets -> per-voxel rows x [N, C], y [N]
-    (unlabelled voxels dropped)."""
-    x = acts.movedim(1, -1).reshape(-1, acts.shape[1])
-    y = targets.reshape(-1)
-    keep = y >= 0
-    return x[keep], y[keep]
-
-
-def _soft_cross_entropy(logits: torch.Tensor, target_logits: torch.Tensor) -> torch.Tensor:
-    """Cross-entropy against the class probabilities of ``target_logits`` (distillation)."""
-    return -(torch.softmax(target_logits, -1) * torch.log_softmax(logits, -1)).sum(-1).mean()
-
-
-def _finetune_segmentation(decoder, case_acts, case_targets, rep_acts, job, progress,
-                           voxels_per_step: int = 32768) -> dict:
-    """AdamW on the 1×1×1 classifier. It acts voxel by voxel, so each step trains on a random sample
-    of voxels: ``voxels_per_step`` from the corrected cases (all noise draws; a corrected label map
-    counts as complete; cross-entropy) and as many from the replay cases, whose target is what the
-    heads predicted there before fine-tuning (distillation: keeps the earlier behaviour, even where
-    the heads never fitted their training labels well)."""
-    from torch.nn import functional as F
-    from tqdm import tqdm
-
-    if list(case_acts[0].shape[2:]) != list(decoder.out_shape):
-        raise UserError("this segmentation head resizes its output; fine-tuning supports decoders whose last "
-                        "stage reaches the target grid exactly")
-    g = torch.Generator().manual_seed(job.seed)
-    x, y = _voxels(torch.cat(case_acts), torch.cat([t[None].expand(len(a), *t.shape)
-                                                    for a, t in zip(case_acts, case_targets)]))
-    rep_x = rep_acts.movedim(1, -1).reshape(-1, rep_acts.shape[1]) if rep_acts is not None and len(rep_acts) \
-        else None
-    classifier = decoder.classifier
-    weight0, bias0 = classifier.weight.detach().flatten(1).clone(), classifier.bias.detach().clone()
-
-    def logits(rows):  # the 1×1×1 classifier on a batch of voxels, as a linear layer (same weights)
-        return F.linear(rows, classifier.weight.flatten(1), classifier.bias)
-
-    optimiser = torch.optim.AdamW(classifier.parameters(), lr=job.lr, weight_decay=0.0)
-    losses = []
-    decoder.train()
-    for _ in tqdm(range(job.epochs), desc="finetune segmentation", unit="step", disable=not progress):
-        optimiser.zero_grad()
-        i = torch.randint(len(x), (min(voxels_per_step, len(x)),), generator=g)
-        loss = F.cross_entropy(logits(x[i]), y[i])
-        if rep_x is not None:
-            rows = rep_x[torch.randint(len(rep_x), (min(voxels_per_step, len(rep_x)),), generator=g)]
-            loss = loss + job.replay_weight * _soft_cross_entropy(logits(rows), F.linear(rows, weight0, bias0))
-        loss.backward()
-        optimiser.step()
-        losses.append(round(float(loss.detach()), 5))
-    decoder.eval()
-    return {"trained": "classifier", "steps": job.epochs, "voxels_per_step": voxels_per_step,
-            "replay_target": "predictions before fine-tuning", "loss_first": losses[0], "loss_last": losses[-1]}
-
-
-@torch.no_grad()
-def _pooled(mpae, features: dict) -> dict:
-    """Each present plane's SAP vector (the experts' frozen part): plane -> [B, 2C]."""
-    mpae.eval()
-    return {p: mpae.experts[p].pool(x) for p, x in features.items() if x is not None}
-
-
-def _fused_logits(mpae, pooled: dict, present: torch.Tensor) -> torch.Tensor:
-    """``MPAEHead.forward`` from pooled vectors (the experts' linear layers, then the gate)."""
-    return mpae.fuse(mpae.logits_from_pooled(pooled, present), present).logits
-
-
-def _finetune_diagnosis(mpae, cases, replay, job, progress) -> dict:
-    """AdamW on the experts' linear layers and the gate (SAP pooling frozen, pooled once); each step:
-    every draw of the corrected cases (uncorrected findings unknown) + 8 random replay cases, whose
-    target is the heads' probabilities before fine-tuning (distillation, as for segmentation)."""
-    from tqdm import tqdm
-
-    from ..heads.fit import masked_bce
-
-    parts = []
-    for c in cases:
-        k = next(iter(c.features.values())).shape[0]
-        present = torch.tensor([[p in c.features for p in PLANES]] * k)
-        parts.append((_pooled(mpae, c.features), present, torch.as_tensor(c.finding_labels)[None].expand(k, -1)))
-    rep = None
-    if replay is not None and job.replay > 0:  # target: the probabilities before fine-tuning
-        n = min(job.replay, len(replay))
-        present = replay.present[:n]
-        pooled = _pooled(mpae, {p: (x[:n] if x is not None else None) for p, x in replay.features.items()})
-        with torch.no_grad():
-            rep = (pooled, present, torch.sigmoid(_fused_logits(mpae, pooled, present)))
-    params = [q for p in PLANES for q in mpae.experts[p].classifier.parameters()] + list(mpae.gate.parameters())
-    optimiser = torch.optim.AdamW(params, lr=job.lr, weight_decay=0.0)
-    g = torch.Generator().manual_seed(job.seed + 1)
-    losses = []
-    mpae.train()
-    for _ in tqdm(range(job.epochs), desc="finetune diagnosis", unit="step", disable=not progress):
-        optimiser.zero_grad()
-        loss = sum(masked_bce(_fused_logits(mpae, pooled, present), y) for pooled, present, y in parts)
-        if rep is not None:
-            i = torch.randperm(len(rep[1]), generator=g)[:8]
-            loss = loss + job.replay_weight * masked_bce(_fused_logits(mpae, {p: v[i] for p, v in rep[0].items()},
-                                                                       rep[1][i]), rep[2][i])
-        loss.backward()
-        optimiser.step()
-        losses.append(round(float(loss.detach()), 5))
-    mpae.eval()
-    return {"trained": "expert linears + gate", "steps": job.epochs, "loss_first": losses[0],
-            "loss_last": losses[-1]}
-
-
-def _probabilities(heads: dict, mpae, case: CorrectedCase) -> np.ndarray:
-    """Mean over noise draws of the finding probabilities, as predict computes them (``mpae``: the
-    heads' own or the fine-tuned copy)."""
-    from ..heads.inference import diagnose
-
-    return diagnose({**heads, "mpae": mpae}, case.features, case.ehr).probabilities
-
-
-# ----------------------------------------------------------------------------- the job
 
 def _base_manifest(manifest: dict) -> dict:
     drop = {"format", "heads", "parent", "created", "weights_sha256", "version", "files", "finetune",
@@ -470,12 +140,12 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
             rep_acts = decoder_activations(old, replay.features[seg_plane][pool]) if len(pool) else None
             rep_t = replay.seg_targets[pool] if len(pool) else None
             for c, a in zip(seg_cases, acts):
-                c.metrics["dice_before"] = label_dice(_labels_from(old, a), c.seg_target, structures.values,
+                c.metrics["dice_before"] = label_dice(labels_from_activations(old, a), c.seg_target, structures.values,
                                                       structures.keys, count="either")
             replay_before = replay_dice(old, rep_acts, rep_t, structures)
-            history["segmentation"] = _finetune_segmentation(decoder, acts, targets, rep_acts, job, progress)
+            history["segmentation"] = train_segmentation_classifier(decoder, acts, targets, rep_acts, job, progress)
             for c, a in zip(seg_cases, acts):
-                c.metrics["dice_after"] = label_dice(_labels_from(decoder, a), c.seg_target, structures.values,
+                c.metrics["dice_after"] = label_dice(labels_from_activations(decoder, a), c.seg_target, structures.values,
                                                      structures.keys, count="either")
             history["segmentation"]["replay_mean_dice_before"] = replay_before
             history["segmentation"]["replay_mean_dice_after"] = replay_dice(decoder, rep_acts, rep_t, structures)
@@ -486,14 +156,14 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
         if "mpae" not in heads:
             raise UserError(f"head set {manifest['version']} has no MPAE diagnosis head; refit the heads")
         for c in cases:
-            c.metrics["probabilities_before"] = _probabilities(heads, heads["mpae"], c)
+            c.metrics["probabilities_before"] = finding_probabilities(heads, heads["mpae"], c)
         mpae = heads["mpae"]
         if diag_cases:
             mpae = copy.deepcopy(heads["mpae"])
-            history["diagnosis"] = _finetune_diagnosis(mpae, diag_cases, replay, job, progress)
+            history["diagnosis"] = train_diagnosis_linears(mpae, diag_cases, replay, job, progress)
             new_heads["mpae"] = mpae
         for c in cases:
-            c.metrics["probabilities_after"] = _probabilities(heads, mpae, c)
+            c.metrics["probabilities_after"] = finding_probabilities(heads, mpae, c)
 
         timer.start("writing", str(user_store.root))
         parent = _ensure_user_base(user_store, base_dir, heads, manifest, replay_path, log)
@@ -584,24 +254,3 @@ def _case_metrics(c: CorrectedCase, keys) -> dict:
     out["probabilities_before"] = {k: round(float(v), 6) for k, v in zip(keys, m["probabilities_before"])}
     out["probabilities_after"] = {k: round(float(v), 6) for k, v in zip(keys, m["probabilities_after"])}
     return out
-
-
-# ----------------------------------------------------------------------------- rollback (list: models.versions)
-
-def rollback(model: str, version: str) -> dict:
-    """Make ``version`` of the user's head store current again (nothing is deleted)."""
-    from ..heads import HeadStore
-    from ..storage import file_lock
-    from ..models.catalogue import get_model
-
-    spec = get_model(model)
-    user = HeadStore(spec.heads_for_write())
-    if not user.list_versions():
-        shipped = HeadStore(spec.shipped_heads)
-        if version == shipped.current():
-            return {"version": version, "store": str(shipped.root), "changed": False}
-        raise UserError(f"cannot roll back to {version}: model '{spec.id}' has no fine-tuned head versions yet")
-    with file_lock(user.root / FINETUNE_LOCK):
-        before = user.current()
-        user.rollback(version)
-    return {"version": version, "previous": before, "store": str(user.root), "changed": before != version}

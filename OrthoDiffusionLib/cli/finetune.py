@@ -1,6 +1,6 @@
 """``orthodiffusion finetune``: corrections → a new head-set version; ``--list`` versions;
 ``--rollback VERSION``. Stage tags for the Slicer module: [loading] [features] [finetune] [writing].
-The work is in ``adapt.finetune``."""
+The work is in ``adapt.finetune`` and ``models.versions``."""
 
 from __future__ import annotations
 
@@ -92,17 +92,19 @@ def _run(args) -> int:
         if args.json:
             print(json.dumps(info))
         return 0
-    from ..adapt import finetune as ft  # torch: not needed for --list
-
     if args.rollback:
-        res = ft.rollback(args.model, args.rollback)
+        from ..models.versions import rollback  # no torch: a rollback only moves the pointer
+
+        res = rollback(args.model, args.rollback)
         print(f"[writing] head set {res['version']} is current in {res['store']}"
               + ("" if res["changed"] else " (it already was)") + f"  [{DISCLAIMER}]")
         if args.json:
             print(json.dumps(res))
         return 0
     job = job_from_args(args)
-    summary = ft.finetune(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
+    from ..adapt.finetune import finetune
+
+    summary = finetune(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
     _print_summary(summary)
     if args.json:
         print(json.dumps(summary), flush=True)

@@ -7,9 +7,11 @@ import re
 from pathlib import Path
 
 from .. import DISCLAIMER
+from ..errors import UserError
 from ..storage import read_json
 
 _VERSION = re.compile(r"^v(\d{4,})$")
+FINETUNE_LOCK = "finetune"  # <user heads>/finetune.lock: one fine-tune (or rollback) per store at a time
 
 
 def _store_versions(root: Path) -> tuple[list[str], str | None]:
@@ -109,3 +111,22 @@ def finetune_summary_lines(s: dict) -> list[str]:
     lines += [f"warning: {w}" for w in s.get("warnings", []) if "worse than its parent" not in w]
     lines.append(DISCLAIMER)
     return lines
+
+
+def rollback(model: str, version: str) -> dict:
+    """Make ``version`` of the user's head store current again (nothing is deleted)."""
+    from ..heads import HeadStore
+    from ..storage import file_lock
+    from .catalogue import get_model
+
+    spec = get_model(model)
+    user = HeadStore(spec.heads_for_write())
+    if not user.list_versions():
+        shipped = HeadStore(spec.shipped_heads)
+        if version == shipped.current():
+            return {"version": version, "store": str(shipped.root), "changed": False}
+        raise UserError(f"cannot roll back to {version}: model '{spec.id}' has no fine-tuned head versions yet")
+    with file_lock(user.root / FINETUNE_LOCK):
+        before = user.current()
+        user.rollback(version)
+    return {"version": version, "previous": before, "store": str(user.root), "changed": before != version}

@@ -165,7 +165,7 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
     from OrthoDiffusionLib.heads import HeadStore
     from OrthoDiffusionLib.heads.replay import REPLAY_FILE, build_replay, load_replay, replay_metadata
     from OrthoDiffusionLib.labelsets import load_label_set
-    from OrthoDiffusionLib.adapt import finetune as ft
+    from OrthoDiffusionLib.adapt import corrected, output_layers
     from OrthoDiffusionLib.models.catalogue import get_model
 
     spec = get_model("knee-demo")
@@ -174,7 +174,7 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
         _run_json(capsys, ["finetune", "--model", "knee-demo", "--json", "--quiet"])
     heads, manifest = user.load()
     store = CorrectionsStore()
-    case = ft.load_corrected_case(store.entries()[-1], store, spec, manifest, "sagittal",
+    case = corrected.load_corrected_case(store.entries()[-1], store, spec, manifest, "sagittal",
                                   manifest["heads"]["seg_sagittal"]["config"]["out_shape"], ["ACL"], None, "cpu",
                                   lambda m: None)
     x = case.features["sagittal"]
@@ -194,7 +194,7 @@ def test_finetune_mixes_in_and_carries_the_replay_sample(loop, capsys):
     assert any("--replay 0" in w for w in alone["warnings"])
     replay = load_replay(user.extra_file(REPLAY_FILE, base), "sagittal")
     decoder = user.load(alone["version"])[0]["seg_sagittal"]
-    no_replay_dice = ft.replay_dice(decoder, ft.decoder_activations(decoder, replay.features["sagittal"]),
+    no_replay_dice = output_layers.replay_dice(decoder, output_layers.decoder_activations(decoder, replay.features["sagittal"]),
                                     replay.seg_targets, load_label_set("knee-11"))
     _run_json(capsys, ["finetune", "--model", "knee-demo", "--rollback", base, "--json"])
 

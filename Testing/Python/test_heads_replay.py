@@ -107,7 +107,7 @@ def test_replay_dice_follows_the_one_dice_rule():
     import numpy as np
     from torch import nn
 
-    from OrthoDiffusionLib.adapt.finetune import replay_dice
+    from OrthoDiffusionLib.adapt.output_layers import replay_dice
     from OrthoDiffusionLib.evaluation.segmentation import label_dice
     from OrthoDiffusionLib.labelsets import load_label_set
 

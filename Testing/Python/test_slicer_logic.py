@@ -58,7 +58,7 @@ def _labels(folder):
     return sitk.GetArrayFromImage(sitk.ReadImage(str(folder / "labels.nrrd")))
 
 
-def _probabilities(folder):
+def finding_probabilities(folder):
     return [f["probability"] for f in json.loads((folder / "findings.json").read_text())["findings"]]
 
 
@@ -143,7 +143,7 @@ def test_rollback_restores_the_first_outputs(loop):
     last = loop.case.results[-1]
     assert last.name == f"result-{loop.parent}" and loop.wf.current_head_version(MODEL) == loop.parent
     assert np.array_equal(_labels(last), _labels(loop.first["dir"]))
-    assert _probabilities(last) == _probabilities(loop.first["dir"])
+    assert finding_probabilities(last) == finding_probabilities(loop.first["dir"])
     assert _tree_sha(resource_path("Models", MODEL, "heads")) == loop.shipped_before
 
 
