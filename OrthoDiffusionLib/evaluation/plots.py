@@ -37,18 +37,19 @@ def _figure(n_panels: int = 1, ncols: int = 4, panel: float = 3.0, wide: tuple |
     return fig, axes
 
 
-def figure_png(fig: Figure, title: str, dpi: int = 110) -> bytes:
-    """The PNG of ``fig`` with ``title`` on top, the disclaimer as its footer and in its metadata."""
+def figure_png(fig: Figure, title: str, dpi: int = 110, metadata: dict | None = None) -> bytes:
+    """The PNG of ``fig`` with ``title`` on top, the disclaimer as its footer and in its metadata
+    (``metadata``: more PNG text fields, e.g. a layout that a reader of the figure needs)."""
     fig.suptitle(title, fontsize=12)
     fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, style="italic", color="#444444")
     fig.tight_layout(rect=(0, 0.03, 1, 0.96))
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={"Title": title, "Description": DISCLAIMER})
+    fig.savefig(buf, format="png", dpi=dpi, metadata={**(metadata or {}), "Title": title, "Description": DISCLAIMER})
     return buf.getvalue()
 
 
-def save_figure(fig: Figure, path, title: str) -> None:
-    atomic_write_bytes(path, figure_png(fig, title))
+def save_figure(fig: Figure, path, title: str, dpi: int = 110, metadata: dict | None = None) -> None:
+    atomic_write_bytes(path, figure_png(fig, title, dpi, metadata))
 
 
 def _fmt_ci(v, lo, hi) -> str:
