@@ -1,10 +1,12 @@
 """Matplotlib figures for evaluation reports (Agg canvas, no pyplot state; atomic PNG writes).
 
-Every figure carries the research-use disclaimer as a footer and in the PNG "Description" field.
+Every figure carries the research-use disclaimer as a footer and in the PNG "Description" field:
+:func:`figure_png` is the one place a figure becomes a PNG (also for the HTML reports in reports/).
 """
 
 from __future__ import annotations
 
+import io
 import math
 
 import numpy as np
@@ -12,30 +14,42 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from .. import DISCLAIMER
-from ..storage import atomic_path
+from ..storage import atomic_write_bytes
 
 PLANE_COLOURS = ("#4C72B0", "#DD8452", "#55A868")
 
 
+def new_figure(figsize: tuple) -> Figure:
+    """A figure on its own Agg canvas: no pyplot state, safe in threads and without a display."""
+    fig = Figure(figsize=figsize)
+    FigureCanvasAgg(fig)
+    return fig
+
+
 def _figure(n_panels: int = 1, ncols: int = 4, panel: float = 3.0, wide: tuple | None = None):
     if wide is not None:
-        fig = Figure(figsize=wide)
-        FigureCanvasAgg(fig)
+        fig = new_figure(wide)
         return fig, [fig.add_subplot(1, 1, 1)]
     ncols = max(1, min(ncols, n_panels))
     nrows = max(1, math.ceil(n_panels / ncols))
-    fig = Figure(figsize=(panel * ncols, panel * nrows + 0.6))
-    FigureCanvasAgg(fig)
+    fig = new_figure((panel * ncols, panel * nrows + 0.6))
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n_panels)]
     return fig, axes
 
 
-def save_figure(fig: Figure, path, title: str) -> None:
+def figure_png(fig: Figure, title: str, dpi: int = 110, metadata: dict | None = None) -> bytes:
+    """The PNG of ``fig`` with ``title`` on top, the disclaimer as its footer and in its metadata
+    (``metadata``: more PNG text fields, e.g. a layout that a reader of the figure needs)."""
     fig.suptitle(title, fontsize=12)
     fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, style="italic", color="#444444")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.97))
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110, metadata={"Title": title, "Description": DISCLAIMER})
+    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={**(metadata or {}), "Title": title, "Description": DISCLAIMER})
+    return buf.getvalue()
+
+
+def save_figure(fig: Figure, path, title: str, dpi: int = 110, metadata: dict | None = None) -> None:
+    atomic_write_bytes(path, figure_png(fig, title, dpi, metadata))
 
 
 def _fmt_ci(v, lo, hi) -> str:

@@ -75,3 +75,19 @@ def test_write_evaluation_partial_report(tmp_path):
     written = write_evaluation({"classification": rep["classification"]}, tmp_path, plots_enabled=False)
     assert {p.name for p in tmp_path.iterdir()} == {"evaluation.json", "classification_per_label.csv"}
     assert written["png"] == []
+
+
+def test_one_figure_saver_keeps_the_disclaimer(tmp_path):
+    """figure_png (used by the evaluation PNGs and the HTML reports): the disclaimer is the footer and
+    the PNG Description, and extra metadata cannot replace it."""
+    from PIL import Image
+
+    from OrthoDiffusionLib.evaluation.plots import new_figure, save_figure
+
+    fig = new_figure((4, 3))
+    fig.add_subplot(1, 1, 1).plot([0, 1], [0, 1])
+    save_figure(fig, tmp_path / "f.png", "a title", dpi=50, metadata={"Layout": "{}", "Description": "other"})
+    assert any(t.get_text() == DISCLAIMER for t in fig.texts)
+    with Image.open(tmp_path / "f.png") as im:
+        assert im.info["Description"] == DISCLAIMER and im.info["Title"] == "a title" and im.info["Layout"] == "{}"
+        assert im.size == (200, 150)

@@ -94,6 +94,29 @@ def test_iterative_stratification_keeps_label_proportions():
     assert abs((split == 0).sum() - 100) <= 1
 
 
+def test_unknown_labels_count_as_not_positive():
+    """The package casts labels to bool (NaN would be True): an unknown must give the very folds
+    a negative gives, and not those a positive gives."""
+    rng = np.random.default_rng(4)
+    y = (rng.random((300, 8)) < [0.05, 0.08, 0.4, 0.25, 0.12, 0.06, 0.3, 0.35]).astype(float)
+    unknown = rng.random(y.shape) < 0.15
+    partial = np.where(unknown, np.nan, y)
+    folds = stratified_kfold(partial, 5, seed=2)
+    assert np.array_equal(folds, stratified_kfold(np.where(unknown, 0.0, y), 5, seed=2))
+    assert not np.array_equal(folds, stratified_kfold(np.where(unknown, 1.0, y), 5, seed=2))
+    known_pos = np.nan_to_num(partial) == 1
+    for f in range(5):  # each fold a fifth of every finding's known positives (±2 for the rarest ties)
+        assert np.all(np.abs(known_pos[folds == f].sum(0) - known_pos.sum(0) / 5) <= 2)
+
+
+def test_single_label_column_and_no_positives():
+    y = np.zeros((40, 1))
+    y[:10] = 1
+    folds = stratified_kfold(y, 2, seed=0)  # e.g. one annotated structure: the package's classes refuse it
+    assert [int(y[folds == f].sum()) for f in range(2)] == [5, 5]
+    assert np.bincount(stratified_kfold(np.zeros((10, 3)), 5, seed=0)).tolist() == [2] * 5
+
+
 def test_label_fraction_subset_is_deterministic_and_stratified():
     rng = np.random.default_rng(1)
     y = (rng.random((500, 3)) < [0.4, 0.15, 0.6]).astype(float)
