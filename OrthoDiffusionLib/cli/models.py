@@ -70,7 +70,7 @@ def _verify(args) -> int:
 
 
 def _install(args) -> int:
-    from ..models.catalogue import install_model
+    from ..models.install import install_model
 
     m = install_model(args.path, force=args.force, log=print)
     print(f"installed {m.id} {m.version} into {m.root}")

@@ -23,7 +23,9 @@ import torch
 from .. import DISCLAIMER, __version__
 from ..errors import CheckpointError, InputError, UserError
 from ..storage import atomic_write_json, sha256_file
-from .catalogue import (MODEL_FILE, PLANES, RELEASED_INFERENCE, check_model_id, file_record, install_model,
+from ..planes import PLANES
+from .install import install_model
+from .catalogue import (MODEL_FILE, RELEASED_INFERENCE, check_model_id, file_record,
                         user_models_dir, validate_entry)
 
 # The released multi-plane feature setting (method.md): axial t=200 mid_0, sagittal t=150 mid_0,

@@ -13,6 +13,7 @@ import pytest
 from OrthoDiffusionLib.cli.main import main
 from OrthoDiffusionLib.errors import UserError
 from OrthoDiffusionLib.models import catalogue as cat
+from OrthoDiffusionLib.models import install
 from standins import make_standin_model
 from OrthoDiffusionLib.storage import sha256_file
 
@@ -88,18 +89,18 @@ def test_archive_symlink_and_bomb_refused(standin, tmp_path, home, monkeypatch):
         info.external_attr = (0o120777 << 16)
         zf.writestr(info, "/etc/passwd")
     with pytest.raises(UserError, match="passwd is a symbolic link"):
-        cat.install_model(z)
+        install.install_model(z)
     bomb = tmp_path / "bomb.zip"
     with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("my-knee/model.json", (standin / "model.json").read_text())
         zf.writestr("my-knee/padding.bin", b"\0" * (8 << 20))
     assert bomb.stat().st_size < 100_000
-    monkeypatch.setattr(cat, "MAX_INSTALL_BYTES", 4 << 20)
+    monkeypatch.setattr(install, "MAX_INSTALL_BYTES", 4 << 20)
     with pytest.raises(UserError, match="expands to more than"):
-        cat.install_model(bomb)
-    monkeypatch.setattr(cat, "MAX_INSTALL_FILES", 3)
+        install.install_model(bomb)
+    monkeypatch.setattr(install, "MAX_INSTALL_FILES", 3)
     with pytest.raises(UserError, match="more than 3 files"):
-        cat.install_model(standin)
+        install.install_model(standin)
     assert not (home / "models" / "my-knee").exists()
     assert [p.name for p in (home / "models").iterdir()] in ([], [".install.lock"])  # no staging left
 
@@ -118,7 +119,7 @@ def test_paths_in_model_json_stay_inside_the_model_folder(standin, tmp_path, hom
         entry["files"].append({"path": "../../x", "sha256": "0" * 64, "bytes": 1})
     (src / "model.json").write_text(json.dumps(entry))
     with pytest.raises(UserError, match="not a path inside the model folder"):
-        cat.install_model(src)
+        install.install_model(src)
     with pytest.raises(UserError, match="not a path inside the model folder"):
         cat.get_model(str(src))  # also when used in place
 
@@ -126,7 +127,7 @@ def test_paths_in_model_json_stay_inside_the_model_folder(standin, tmp_path, hom
 def test_unsafe_id_refused(standin, tmp_path, home):
     src = _edit_entry(_copy(standin, tmp_path / "m"), id="../../escape")
     with pytest.raises(UserError, match="id: '../../escape' does not match"):  # the schema's pattern
-        cat.install_model(src)
+        install.install_model(src)
     assert not (tmp_path / "escape").exists()
     with pytest.raises(UserError, match="use letters, digits"):  # the same rule for every id given
         cat.check_model_id("../x")
@@ -136,14 +137,14 @@ def test_the_installed_bytes_are_the_verified_ones(standin, tmp_path, home, monk
     """A file swapped in the source after the copy (while verifying) does not reach the install."""
     src = _copy(standin, tmp_path / "m")
     good = sha256_file(src / "axial.safetensors")
-    real_verify = cat.verify_model
+    real_verify = install.verify_model
 
     def swap_then_verify(spec, heads=True):
         (src / "axial.safetensors").write_bytes(b"swapped after the copy")
         return real_verify(spec, heads)
 
-    monkeypatch.setattr(cat, "verify_model", swap_then_verify)
-    spec = cat.install_model(src)
+    monkeypatch.setattr(install, "verify_model", swap_then_verify)
+    spec = install.install_model(src)
     assert sha256_file(spec.root / "axial.safetensors") == good
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from OrthoDiffusionLib.errors import UserError
 from OrthoDiffusionLib.models import catalogue as cat
+from OrthoDiffusionLib.models import install
 from standins import make_standin_model
 from OrthoDiffusionLib.resources import resource_path
 
@@ -43,21 +44,21 @@ def test_verify_catches_changed_byte(tmp_path, home):
     problems = cat.verify_model(cat.get_model(str(copy)), heads=False)
     assert len(problems) == 1 and "coronal.safetensors" in problems[0] and "sha256" in problems[0]
     with pytest.raises(UserError, match="refused"):
-        cat.install_model(copy)
+        install.install_model(copy)
 
 
 def test_install_folder_and_zip(tmp_path, home):
     src = make_standin_model(tmp_path / "m", model_id="my-knee")
-    spec = cat.install_model(src)
+    spec = install.install_model(src)
     assert spec.source == "user" and spec.root == (home / "models" / "my-knee").resolve()
     assert "my-knee" in [m.id for m in cat.list_models()]
     with pytest.raises(UserError, match="already installed"):
-        cat.install_model(src)
+        install.install_model(src)
     z = tmp_path / "m.zip"
     with zipfile.ZipFile(z, "w") as zf:
         for p in src.iterdir():
             zf.write(p, f"my-knee/{p.name}")
-    spec2 = cat.install_model(z, force=True)
+    spec2 = install.install_model(z, force=True)
     assert cat.verify_model(spec2, heads=False) == []
     # no heads fitted yet: verify with heads says so
     assert any("no fitted heads" in p for p in cat.verify_model(spec2))
