@@ -7,7 +7,8 @@ from dataclasses import asdict, dataclass, field, fields
 
 from .errors import UserError
 
-from .planes import PLANES
+from .device import Device
+from .planes import Plane
 TASKS = ("diagnosis", "segmentation", "all")
 
 
@@ -34,7 +35,7 @@ class FitJob:
     device: str = "auto"
     seg_plane: str = "sagittal"
     max_epochs: int = 200
-    seg_epochs: int = 45                 # 142 cases: ~7.5 min on 2 CPU threads (bench/README.md)
+    seg_epochs: int = 45                 # the time/Dice trade-off chosen in bench/README.md ("Heads fitting")
     parent: str | None = None            # recorded parent version; default: the store's current
     replay: int = 48                     # training cases kept in the version for fine-tune replay (0: none)
     threads: int | None = None           # CPU budget (expert worker processes, decoder threads); None: all cores
@@ -50,8 +51,7 @@ class FitJob:
             raise UserError(f"--label-fraction must be in (0, 1], got {self.label_fraction}")
         if self.folds < 2:
             raise UserError(f"--folds must be ≥ 2, got {self.folds}")
-        if self.seg_plane not in PLANES:
-            raise UserError(f"segmentation plane must be one of {', '.join(PLANES)}")
+        self.seg_plane = Plane.parse(self.seg_plane, "segmentation plane").value
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -88,13 +88,12 @@ class PredictJob:
             raise UserError(f"--max-memory must be > 0 GB, got {self.max_memory_gb}")
         if not self.inputs and not self.planes:
             raise UserError("no input: give a DICOM folder, up to three NIfTI/NRRD files or one 3D volume")
-        from .planes import Plane
-
         self.planes = {Plane.parse(p, "plane").value: str(v) for p, v in self.planes.items() if v is not None}
         if self.draws is not None and not 1 <= self.draws <= 32:
             raise UserError(f"--draws must be between 1 and 32, got {self.draws}")
-        if self.reference is not None and self.reference not in PLANES:
-            raise UserError(f"--reference must be one of {', '.join(PLANES)}, got '{self.reference}'")
+        if self.reference is not None:
+            self.reference = Plane.parse(self.reference, "--reference").value
+        Device.parse(self.device, "--device")
         if self.out:
             from .io.paths import itk_path
 

@@ -61,6 +61,12 @@ def peak_rss_mb() -> float | None:
     return round(r / (1024 * 1024) if sys.platform == "darwin" else r / 1024, 1)
 
 
+# The stage tags predict and fine-tune print, with the progress (percent) reached when each starts:
+# the one list the Slicer module's progress bar reads (slicerlogic.progress).
+STAGES = {"loading": 10, "preprocess": 20, "features": 40, "segment": 60, "finetune": 70, "diagnose": 80,
+          "writing": 95}
+
+
 class StageTimer:
     """Per-stage wall time and peak resident memory (the high-water mark after the stage); prints
     ``[stage] message`` when a stage starts (the Slicer module reads these tags for progress)."""
@@ -69,6 +75,8 @@ class StageTimer:
         self.log, self.stages, self._t = log, {}, None
 
     def start(self, name: str, message: str = "") -> None:
+        if name not in STAGES:
+            raise ValueError(f"unknown stage {name!r}; add it to runtime.STAGES (the module's progress bar reads it)")
         self._stop()
         self.log(f"[{name}] {message}".rstrip())
         self._t = (name, time.perf_counter())

@@ -12,12 +12,13 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..results.corrections import CorrectionEntry
 from ..planes import PLANES
 
 
 @dataclass
 class CorrectedCase:
-    entry: object                       # corrections.CorrectionEntry
+    entry: CorrectionEntry
     prediction: dict                    # corrections.prediction_record of the predicted result
     features: dict                      # plane -> float32 [K, C, d, h, w]
     seg_target: torch.Tensor | None     # long [D, H, W] on the seg plane's network grid

@@ -62,8 +62,7 @@ def _ensure_user_base(user_store, base_store, base_heads, base_manifest, replay_
 def finetune(job: FinetuneJob, log=print, progress: bool = True) -> dict:
     """Run a fine-tune job; returns the summary also recorded as ``manifest["finetune"]``.
     Runs torch on one thread, as ``fit`` does: these small heads train faster without thread
-    synchronisation on a shared CPU (measured on the 2-core VM at load 3.7: 9.1 s in-process with
-    one thread against 21.3 s with two)."""
+    synchronisation on a shared CPU (bench/finetune.md)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:

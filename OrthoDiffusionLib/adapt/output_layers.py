@@ -15,9 +15,9 @@ from ..planes import PLANES
 from .corrected import CorrectedCase
 
 # The segmentation decoder is fine-tuned at its output layer (1×1×1 classifier) on its cached
-# penultimate activations: one decoder pass per sample, then hundreds of cheap steps. Measured on
-# knee-demo (2 shared CPU cores): a few AdamW steps on the whole decoder cost seconds each and
-# lowered the agreement with an unchanged target (thin structures on a 64×64 grid flip easily).
+# penultimate activations: one decoder pass per sample, then hundreds of cheap steps. Whole-decoder
+# steps were slower and lowered the agreement with an unchanged target (thin structures on a coarse
+# grid flip easily); the numbers are in bench/finetune.md.
 
 @torch.no_grad()
 def decoder_activations(decoder, x: torch.Tensor, batch: int = 4) -> torch.Tensor:

@@ -11,7 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import SimpleITK as sitk
 import torch
+
+from ..io.preprocess import NetworkTransform
 
 from .extract import FeatureExtractor, FeatureSpec
 
@@ -21,9 +24,9 @@ class PlaneInput:
     """One plane of one case, ready for its backbone."""
 
     plane: str
-    image: object               # SimpleITK image (the source series, or a reformatted view)
+    image: sitk.Image           # the source series, or a reformatted view
     array: np.ndarray           # [D, H, W] network input in [-1, 1]
-    transform: object           # io.NetworkTransform: network grid <-> source grid
+    transform: NetworkTransform  # network grid <-> source grid
     content_hash: str           # io.volume_hash of the image: part of every cache key
 
 

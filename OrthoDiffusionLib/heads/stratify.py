@@ -29,8 +29,7 @@ def iterative_stratification(labels, proportions: Sequence[float], seed: int = 0
     """
     # The package's function, not its KFold/ShuffleSplit classes: those refuse a single label column
     # and take two subsets at most. Imported here so that predict and finetune (Slicer) never load
-    # scikit-learn. Measured against our former implementation on 8 correlated findings (5-40 %
-    # prevalence, 15 % unknown, 1000 matrices): the same fold label error, about 20 % faster.
+    # scikit-learn. Compared with our former implementation in bench/README.md ("Stratification").
     from iterstrat.ml_stratifiers import IterativeStratification
     from sklearn.utils import check_random_state
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
+import SimpleITK as sitk
 import torch
 
 from .. import DISCLAIMER, __version__
@@ -26,6 +27,7 @@ from ..heads.inference import Diagnosis, diagnose, segment, segmentation_planes
 from ..jobs import PredictJob
 from ..models.loading import LoadedModel, load_model
 from ..planes import PLANES
+from ..results.folder import CaseResult
 from ..runtime import StageTimer, peak_rss_mb
 
 
@@ -41,18 +43,18 @@ class PlaneData(PlaneInput):
 
 @dataclass
 class Segmentation:
-    labels: object            # SimpleITK label image on the reference grid
-    uncertainty: object       # per-voxel entropy on the reference grid
+    labels: sitk.Image        # label map on the reference grid
+    uncertainty: sitk.Image   # per-voxel entropy on the reference grid
     planes: list              # planes whose decoder contributed
     volumes_ml: dict          # structure key -> mL
 
 
 @dataclass
 class Prediction:
-    result: object                         # results.CaseResult
-    labels: object                         # SimpleITK label image on the reference grid
-    uncertainty: object
-    reference_image: object
+    result: CaseResult
+    labels: sitk.Image                     # label map on the reference grid
+    uncertainty: sitk.Image
+    reference_image: sitk.Image
     planes: dict                           # plane -> PlaneData
     diagnosis: Diagnosis
     structure_volumes_ml: dict = field(default_factory=dict)
@@ -131,16 +133,12 @@ def extract_features(planes: dict, loaded: LoadedModel, job: PredictJob, seed: i
 
 
 def _resample_vector(img, reference):
-    import SimpleITK as sitk
-
     return sitk.Resample(img, reference, sitk.Transform(), sitk.sitkLinear, 0.0, img.GetPixelID())
 
 
 def segment_study(planes: dict, loaded: LoadedModel, reference: str, warnings: list) -> Segmentation:
     """Each plane's decoder (mean over draws), its probabilities resampled onto the reference grid
     and fused over the planes that cover each voxel."""
-    import SimpleITK as sitk
-
     from ..heads import fuse_plane_probabilities
     from ..labelsets import load_label_set
 
@@ -243,7 +241,6 @@ def predict_study(job: PredictJob, loaded: LoadedModel | None = None, log=print,
     place, so exports such as pseudonymisation are never seen half done."""
     from ..device import resolve_device
     from ..io import load_study
-    from ..results.folder import CaseResult
 
     job.validate()
     if job.draws is None:  # the model's default (catalogue ``inference.draws``)

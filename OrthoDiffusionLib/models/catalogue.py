@@ -28,8 +28,8 @@ from ..storage import atomic_write_json, read_json, sha256_file
 CATALOGUE_FORMAT = "orthodiffusion-catalogue"
 MODEL_FILE = "model.json"
 DEFAULT_DRAWS = 3
-# Released-size backbones (34.5 M parameters, 16x256x256): one draw costs ~4 s per plane on two
-# CPU cores (bench/predict.md), so their entries ask for 2 draws, the fewest that give a spread.
+# Released-size backbones (34.5 M parameters, 16x256x256) are slow per noise draw on a CPU
+# (bench/predict.md), so their entries ask for 2 draws, the fewest that give a spread.
 RELEASED_INFERENCE = {"draws": 2, "notes": "2 noise draws per plane by default (about 4 s per draw and plane on "
                                             "2 CPU cores); 2 is the fewest that give a spread; --draws overrides"}
 

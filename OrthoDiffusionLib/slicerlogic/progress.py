@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import re
 
-# Stage -> percent reached when the stage starts; predict and finetune share the tag names.
-STAGES = {"loading": 10, "preprocess": 20, "features": 40, "segment": 60, "finetune": 70, "diagnose": 80,
-          "writing": 95}
+from ..runtime import STAGES  # stage -> percent reached when it starts (predict and finetune share them)
+
 _TAG = re.compile(r"^\[([a-z]+)\]")
 
 

@@ -49,7 +49,7 @@ def installed(tmp_path_factory):
 
 
 def _listed():
-    sys.path.insert(0, str(REPO / "Testing" / "Python"))
+    sys.path.insert(0, str(REPO / "scripts"))
     import update_cmake_lists
 
     return update_cmake_lists.listed()

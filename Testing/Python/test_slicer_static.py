@@ -14,8 +14,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 MODULE = REPO / "OrthoDiffusion" / "OrthoDiffusion.py"
 UI = REPO / "Resources" / "UI" / "OrthoDiffusion.ui"
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import update_cmake_lists  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "scripts"))
+import update_cmake_lists  # noqa: E402  (a maintainer script)
 
 GUI_MODULES = {"qt", "ctk", "slicer.ScriptedLoadableModule", "slicer.parameterNodeWrapper", "slicer.i18n",
                "slicer.packaging", "slicer.testing", "sitkUtils", "PythonQt"}
@@ -75,7 +75,7 @@ def test_cmake_lists_every_script_and_resource():
     missing = {k: sorted(set(want[k]) - set(have[k])) for k in want}
     extra = {k: sorted(set(have[k]) - set(want[k])) for k in want}
     assert not any(missing.values()) and not any(extra.values()), (
-        f"OrthoDiffusion/CMakeLists.txt is stale (run Testing/Python/update_cmake_lists.py): "
+        f"OrthoDiffusion/CMakeLists.txt is stale (run scripts/update_cmake_lists.py): "
         f"missing {missing}, no longer present {extra}")
     cm = (REPO / "OrthoDiffusion" / "CMakeLists.txt").read_text(encoding="utf-8")
     assert "WITH_GENERIC_TESTS" in cm and "slicer_add_python_unittest(SCRIPT ${MODULE_NAME}.py)" in cm

@@ -1,7 +1,7 @@
 """Regenerate the file lists in OrthoDiffusion/CMakeLists.txt (run before committing).
 
-    python Testing/Python/update_cmake_lists.py          # rewrite the lists
-    python Testing/Python/update_cmake_lists.py --check  # exit 1 if they are stale
+    python scripts/update_cmake_lists.py          # rewrite the lists
+    python scripts/update_cmake_lists.py --check  # exit 1 if they are stale
 
 Lists every .py of OrthoDiffusionLib/ and every file under Resources/, as paths relative to the
 repository root (the SOURCE_DIR of the library's ctkMacroCompilePythonScript call); files git
@@ -15,7 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 CMAKE = REPO / "OrthoDiffusion" / "CMakeLists.txt"
 BLOCKS = {"SCRIPTS": "MODULE_PYTHON_SCRIPTS", "RESOURCES": "MODULE_PYTHON_RESOURCES"}
 
@@ -61,7 +61,7 @@ def main(argv: list[str]) -> int:
     want = expected()
     if "--check" in argv:
         stale = want != listed()
-        print("OrthoDiffusion/CMakeLists.txt is stale: run Testing/Python/update_cmake_lists.py" if stale else "ok")
+        print("OrthoDiffusion/CMakeLists.txt is stale: run scripts/update_cmake_lists.py" if stale else "ok")
         return int(stale)
     CMAKE.write_text(encoding="utf-8", data=render(CMAKE.read_text(encoding="utf-8"), want))
     print(f"wrote {CMAKE}: {len(want['SCRIPTS'])} scripts, {len(want['RESOURCES'])} resources")
