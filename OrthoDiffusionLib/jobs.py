@@ -80,6 +80,7 @@ class PredictJob:
     case_id: str | None = None
     max_voxels: int | None = 512 ** 3    # per image, checked on headers before loading (None: no limit)
     max_memory_gb: float | None = None   # refuse when the memory estimate is above this (and above free RAM)
+    windows: str | None = None           # segmentation windows: central | sliding; None: the model's (catalogue)
 
     def validate(self) -> None:
         if self.max_voxels is not None and self.max_voxels < 1:
@@ -94,6 +95,10 @@ class PredictJob:
         if self.reference is not None:
             self.reference = Plane.parse(self.reference, "--reference").value
         Device.parse(self.device, "--device")
+        if self.windows is not None:
+            from .planes import look_up
+
+            look_up(self.windows, ("central", "sliding"), "--windows")
         if self.out:
             from .io.paths import itk_path
 
@@ -158,7 +163,7 @@ class FinetuneJob:
 PREDICT_FLAGS = {"out": "--out", "model": "--model", "device": "--device", "draws": "--draws", "seed": "--seed",
                  "reference": "--reference", "ehr": "--ehr", "reformat": ("--reformat", "--no-reformat"),
                  "echo": "--echo", "heads_version": "--heads-version", "cache": "--cache", "no_cache": "--no-cache",
-                 "case_id": "--case-id", "max_voxels": "--max-voxels", "max_memory_gb": "--max-memory"}
+                 "case_id": "--case-id", "max_voxels": "--max-voxels", "max_memory_gb": "--max-memory", "windows": "--windows"}
 FINETUNE_FLAGS = {"model": "--model", "corrections": "--corrections", "cases": "--case", "replay": "--replay",
                   "replay_weight": "--replay-weight", "epochs": "--epochs", "seed": "--seed", "lr": "--lr",
                   "device": "--device", "cache": "--cache", "accept_worse": "--accept-worse"}

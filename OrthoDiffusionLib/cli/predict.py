@@ -40,6 +40,9 @@ def register(sub) -> None:
                    help="reformat the best series into the planes no native series covers")
     p.add_argument("--no-reformat", dest="reformat", action="store_false")
     p.add_argument("--echo", type=int, default=None, help="echo (from 1) of a multi-echo input")
+    p.add_argument("--windows", default=None, choices=["central", "sliding"],
+                   help="segment the published central window of each series, or every slice with overlapping "
+                        "windows (default: the model's setting)")
     p.add_argument("--case-id", default=None)
     p.add_argument("--cache", default=None, help="feature cache folder (default: per-user cache)")
     p.add_argument("--no-cache", action="store_true")
@@ -84,7 +87,8 @@ def job_from_args(args):
     return PredictJob(inputs=inputs, planes=planes, out=args.out, model=args.model, device=args.device, draws=args.draws,
                       seed=args.seed, reference=args.reference, ehr=args.ehr, reformat=reformat, echo=args.echo,
                       heads_version=args.heads_version, cache=args.cache, no_cache=args.no_cache,
-                      case_id=args.case_id, max_voxels=args.max_voxels, max_memory_gb=args.max_memory)
+                      case_id=args.case_id, max_voxels=args.max_voxels, max_memory_gb=args.max_memory,
+                      windows=args.windows)
 
 
 def _print_summary(pred) -> None:

@@ -28,6 +28,7 @@ from ..planes import PLANES
 RESBLOCK_TENSORS = 5
 SEG_COPIES_PER_PLANE = 4
 FUSION_COPIES = 2
+WINDOW_COPIES = 2  # sliding windows: the running weighted sum and the window being added, per seg plane
 GB = 1e9
 
 
@@ -95,7 +96,7 @@ def _activation_bytes(cfg: dict, spec, batch: int) -> int:
 
 
 def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int,
-                            views: list[int] | None = None) -> MemoryEstimate:
+                            views: list[int] | None = None, windows: str | None = None) -> MemoryEstimate:
     """Estimate for one study given its image headers and the model spec (no weights loaded);
     ``views``: voxels of the reformatted views (``reformat_view_voxels``), each a float32 image and
     possibly the reference grid."""
@@ -113,7 +114,8 @@ def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int,
     batch = min(4, max(1, draws))
     backbone = max((_activation_bytes(_backbone_config(spec, p), spec, batch) for p in planes), default=0)
     seg_planes = [p for p in (spec.segmentation_planes or []) if p in planes]
-    segmentation = largest * n_classes * 4 * (SEG_COPIES_PER_PLANE * len(seg_planes) + FUSION_COPIES) \
+    copies = SEG_COPIES_PER_PLANE + (WINDOW_COPIES if (windows or spec.segmentation_windows[0]) == "sliding" else 0)
+    segmentation = largest * n_classes * 4 * (copies * len(seg_planes) + FUSION_COPIES) \
         if seg_planes else largest * 8
     return MemoryEstimate({"process": current_rss_bytes(), "weights": int(weights), "loading": int(loading),
                            "backbone": int(backbone), "segmentation": int(segmentation)})
@@ -121,7 +123,7 @@ def estimate_predict_memory(headers: list[HeaderInfo], spec, draws: int,
 
 def guard_predict(inputs, model: str, draws: int, max_voxels: int | None = DEFAULT_MAX_VOXELS,
                   max_memory_gb: float | None = None, available: int | None = None, log=print,
-                  reformat: bool | None = None) -> MemoryEstimate:
+                  reformat: bool | None = None, windows: str | None = None) -> MemoryEstimate:
     """Refuse (ResourceError) a study above ``max_voxels`` per image or whose memory estimate is
     above what is available (or above ``max_memory_gb``); runs on headers only."""
     from ..models.catalogue import get_model
@@ -130,7 +132,7 @@ def guard_predict(inputs, model: str, draws: int, max_voxels: int | None = DEFAU
     views = reformat_view_voxels(headers, reformat)  # a reformat can need far more than the volume
     check_voxels(headers, max_voxels, views)
     spec = get_model(model)
-    estimate = estimate_predict_memory(headers, spec, draws, views)
+    estimate = estimate_predict_memory(headers, spec, draws, views, windows)
     available = available if available is not None else available_memory_bytes()
     limits = [(v, why) for v, why in ((available, "is available on this machine"),
                                       (None if max_memory_gb is None else int(max_memory_gb * GB), "is allowed by --max-memory"))

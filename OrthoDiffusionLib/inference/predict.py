@@ -22,13 +22,14 @@ import torch
 from .. import DISCLAIMER, __version__
 from ..ehr import parse_ehr, validate_ehr
 from ..errors import InputError
-from ..features.plane import PlaneInput, plane_features, prepare_plane, single_features
+from ..features.plane import PlaneInput, plane_features, prepare_plane, prepare_windows, single_features
 from ..heads.inference import Diagnosis, diagnose, segment, segmentation_planes
 from ..jobs import PredictJob
 from ..models.loading import LoadedModel, load_model
 from ..planes import PLANES
 from ..results.folder import CaseResult
 from ..runtime import StageTimer, peak_rss_mb
+from .windows import blend_windows
 
 
 @dataclass
@@ -39,6 +40,8 @@ class PlaneData(PlaneInput):
     reformatted: bool = False
     features: torch.Tensor | None = None      # [K, C, d, h, w]
     seg_network: np.ndarray | None = None     # [C, D, H, W] mean probabilities on the network grid
+    windows: list = field(default_factory=list)  # sliding segmentation: the other windows (PlaneInputs)
+    window_features: list = field(default_factory=list)
 
 
 @dataclass
@@ -90,7 +93,7 @@ def check_job(job: PredictJob, write: bool, log) -> dict | None:
         check_replaceable(job.out, "case")
         refuse_inputs_inside(job.out, job.all_inputs)
     guard_predict(job.all_inputs, job.model, job.draws, job.max_voxels, job.max_memory_gb, log=log,
-                  reformat=job.reformat)
+                  reformat=job.reformat, windows=job.windows)
     return validate_ehr(parse_ehr(job.ehr))
 
 
@@ -107,14 +110,31 @@ def prepare_planes(study, loaded: LoadedModel, job: PredictJob, warnings: list) 
     if reference not in usable:
         raise InputError(f"--reference {reference}: the study has no {reference} series "
                          f"(present: {', '.join(usable)})")
+    mode, overlap = window_setting(loaded, job, warnings)
+    seg = segmentation_planes(loaded.heads, usable)
     planes = {}
     for plane, series in usable.items():
-        ready = prepare_plane(series.image, plane, loaded.backbones[plane][0].config, loaded.spec.preprocessing)
+        config = loaded.backbones[plane][0].config
+        ready = prepare_plane(series.image, plane, config, loaded.spec.preprocessing)
         if ready.transform.warning:  # the outlier guard clipped saturated voxels
             warnings.append(ready.transform.warning)
-        planes[plane] = PlaneData(**vars(ready), source=str(series.info.source),
-                                  reformatted=bool(series.info.reformatted))
+        planes[plane] = pd = PlaneData(**vars(ready), source=str(series.info.source),
+                                       reformatted=bool(series.info.reformatted))
+        if mode == "sliding" and plane in seg:  # the central window is pd itself (diagnosis uses it)
+            pd.windows = [w for w in prepare_windows(series.image, plane, config, loaded.spec.preprocessing, overlap)
+                          if w.content_hash != pd.content_hash]
     return planes, reference
+
+
+def window_setting(loaded: LoadedModel, job: PredictJob, warnings: list) -> tuple[str, float]:
+    """(mode, overlap) of the segmentation windows: the job's, else the model's."""
+    mode, overlap = loaded.spec.segmentation_windows
+    mode = job.windows or mode
+    if mode == "sliding" and loaded.spec.preprocessing != "released":
+        warnings.append(f"sliding segmentation windows need the released preprocessing (this model uses "
+                        f"{loaded.spec.preprocessing}): the central window is segmented")
+        mode = "central"
+    return mode, overlap
 
 
 def feature_seed(loaded: LoadedModel, reference: str, job: PredictJob) -> int:
@@ -129,7 +149,10 @@ def extract_features(planes: dict, loaded: LoadedModel, job: PredictJob, seed: i
     for plane, pd in planes.items():
         spec = loaded.spec.feature_spec(plane, job.draws, seed)
         pd.features = single_features(plane_features(loaded.backbones[plane], pd, spec, cache, loaded.device))
-        log(f"  {plane}: features {tuple(pd.features.shape)}")
+        pd.window_features = [single_features(plane_features(loaded.backbones[plane], w, spec, cache, loaded.device))
+                              for w in pd.windows]
+        log(f"  {plane}: features {tuple(pd.features.shape)}"
+            + (f" (+ {len(pd.windows)} more slice window(s) for the segmentation)" if pd.windows else ""))
 
 
 def _resample_vector(img, reference):
@@ -148,8 +171,13 @@ def segment_study(planes: dict, loaded: LoadedModel, reference: str, warnings: l
     for plane in seg_planes:
         pd = planes[plane]
         pd.seg_network = segment(loaded.heads, plane, pd.features)
-        prob_img = pd.transform.to_source(pd.seg_network, is_label=False)
-        cover_img = pd.transform.to_source(np.ones(pd.array.shape, np.uint8), is_label=True)
+        if pd.windows:  # every slice: overlapping windows blended on the series grid
+            windows = [pd, *pd.windows]
+            probs = [pd.seg_network, *(segment(loaded.heads, plane, f) for f in pd.window_features)]
+            prob_img, cover_img = blend_windows(windows, probs)
+        else:
+            prob_img = pd.transform.to_source(pd.seg_network, is_label=False)
+            cover_img = pd.transform.to_source(np.ones(pd.array.shape, np.uint8), is_label=True)
         if plane != reference:
             prob_img = _resample_vector(prob_img, ref_img)
             cover_img = sitk.Resample(cover_img, ref_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0)
@@ -208,6 +236,8 @@ def provenance_of(job: PredictJob, loaded: LoadedModel, planes: dict, seed: int,
         "planes_used": list(planes), "planes_missing": [p for p in PLANES if p not in planes],
         "reformatted_planes": [p for p, pd in planes.items() if pd.reformatted],
         "segmentation_planes": seg.planes, "ehr_used": ehr_used,
+        "segmentation_windows": {p: sorted(w.transform.slice_start for w in [planes[p], *planes[p].windows])
+                                 for p in seg.planes},
         "structure_volumes_ml": seg.volumes_ml, "warnings": warnings, "job": job.to_dict(),
     }
 

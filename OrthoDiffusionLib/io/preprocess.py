@@ -99,12 +99,21 @@ def _scale(arr: np.ndarray, lo: float, hi: float) -> np.ndarray:
     return np.clip(out, -1.0, 1.0).astype(np.float32)
 
 
-def _released_grid(oriented: sitk.Image, depth: int, size_hw: tuple[int, int]) -> tuple[Geometry, int, tuple[int, int]]:
+def central_start(n_slices: int, depth: int) -> int:
+    """First slice of the published central window of ``depth`` slices (negative: padded)."""
+    return (n_slices - depth) // 2 if n_slices >= depth else -((depth - n_slices) // 2)
+
+
+def _released_grid(oriented: sitk.Image, depth: int, size_hw: tuple[int, int],
+                   slice_start: int | None = None) -> tuple[Geometry, int, tuple[int, int]]:
     nx, ny, nz = oriented.GetSize()
     sx, sy, sz = oriented.GetSpacing()
     height, width = size_hw
     if nz >= depth:
-        start, padded = (nz - depth) // 2, (0, 0)
+        start = central_start(nz, depth) if slice_start is None else int(slice_start)
+        if not 0 <= start <= nz - depth:
+            raise ValueError(f"window start {start} outside 0..{nz - depth} for {nz} slices")
+        padded = (0, 0)
     else:
         before = (depth - nz) // 2
         start, padded = -before, (before, depth - nz - before)
@@ -131,11 +140,15 @@ def _spacing_grid(oriented: sitk.Image, depth: int, size_hw: tuple[int, int],
 
 def preprocess(image: sitk.Image, mode: str = "released", plane: str | None = None, depth: int = 16,
                size: tuple[int, int] = (256, 256), spacing: tuple[float, float, float] = (0.6, 0.6, 3.5),
-               percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[np.ndarray, NetworkTransform]:
+               percentiles: tuple[float, float] = (0.5, 99.5),
+               slice_start: int | None = None) -> tuple[np.ndarray, NetworkTransform]:
     """Backbone input [depth, H, W] float32 in [-1, 1] and the transform back to ``image``'s grid.
 
     ``plane`` defaults to the detected plane; ``size`` is (H, W); ``spacing`` (spacing mode only)
-    is (in-plane, in-plane, slice) mm.
+    is (in-plane, in-plane, slice) mm. ``slice_start`` (released mode, a series of at least
+    ``depth`` slices): the first canonical slice of the window instead of the central one (the
+    sliding windows of whole-series segmentation; each window is scaled as the published code
+    scales its central window).
     """
     if mode not in MODES:
         raise InputError(f"unknown preprocessing mode {mode!r}; choose one of {', '.join(MODES)}")
@@ -145,7 +158,7 @@ def preprocess(image: sitk.Image, mode: str = "released", plane: str | None = No
     oriented = reorient_canonical(image, plane)
     source = Geometry.of(image)
     if mode == "released":
-        grid, start, padded = _released_grid(oriented, depth, size)
+        grid, start, padded = _released_grid(oriented, depth, size, slice_start)
         oriented, clipped = clip_outliers(oriented)
         arr = sitk.GetArrayFromImage(resample_to(oriented, grid, is_label=False))
         before, after = padded

@@ -96,6 +96,13 @@ class ModelSpec:
                            preprocessing=self.preprocessing)
 
     @property
+    def segmentation_windows(self) -> tuple[str, float]:
+        """(mode, overlap) of the segmentation: ``central`` (the published window of D slices) or
+        ``sliding`` (overlapping windows over every slice), from ``inference.segmentation_windows``."""
+        w = (self.entry.get("inference") or {}).get("segmentation_windows") or {}
+        return str(w.get("mode", "central")), float(w.get("overlap", 0.5))
+
+    @property
     def default_draws(self) -> int:
         """Noise draws per plane when predict is not told (``inference.draws``; 3 when absent)."""
         return int((self.entry.get("inference") or {}).get("draws", DEFAULT_DRAWS))
