@@ -7,6 +7,7 @@ the reformatting is timed in [loading]). Each model runs in its own process (pea
 process alone, torch and the model included), with ``--threads`` torch threads, no feature cache.
 
     OMP_NUM_THREADS=2 .venv/bin/python bench/bench_predict.py [--draws K] [--threads 2] [--json OUT]
+        [--slices 32 --windows sliding]   # whole-series segmentation of a 32-slice series
 
 Without ``--draws`` each model runs with its own default (catalogue ``inference.draws``: 3 for
 knee-demo, 2 for released-size backbones as `import-official` registers them).
@@ -27,6 +28,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "Testing" / "Python"))  # the stand-in model builders
 
 # the published multi-plane setting (docs/pipeline.md)
 RELEASED_SPEC = {"sagittal": (150, "mid_0"), "coronal": (50, "mid_2"), "axial": (200, "mid_0")}
@@ -42,8 +44,9 @@ from OrthoDiffusionLib.inference.predict import predict_study
 from OrthoDiffusionLib.resources import sample_knee_path
 t_import = time.perf_counter() - t_start
 model, out, _, draws = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4]) or None
-job = PredictJob(inputs=[str(sample_knee_path())], out=out, model=model, device="cpu", draws=draws,
-                 reformat=True, no_cache=True)
+study, windows = (sys.argv[5] or str(sample_knee_path())), (sys.argv[6] or None)
+job = PredictJob(inputs=[study], out=out, model=model, device="cpu", draws=draws,
+                 reformat=True, no_cache=True, windows=windows)
 pred = predict_study(job, log=lambda m: None)
 print(json.dumps({"model": model, "stages": pred.result.provenance["stages"], "total_s": pred.result.timings["total_s"],
                   "writing_s": pred.result.timings.get("writing_s"), "import_s": round(t_import, 3),
@@ -52,7 +55,8 @@ print(json.dumps({"model": model, "stages": pred.result.provenance["stages"], "t
                   "cpu_s": round(resource.getrusage(resource.RUSAGE_SELF).ru_utime
                                  + resource.getrusage(resource.RUSAGE_SELF).ru_stime, 2),
                   "threads": torch.get_num_threads(), "planes": pred.result.planes_present,
-                  "draws": int(pred.draw_probabilities.shape[0])}))
+                  "draws": int(pred.draw_probabilities.shape[0]),
+                  "windows": pred.result.provenance.get("segmentation_windows")}))
 """
 
 
@@ -123,12 +127,30 @@ def make_released_model(folder: Path) -> Path:
     return folder
 
 
-def run_child(model: str, out: Path, threads: int, draws: int) -> dict:
+def resampled_knee(n_slices: int, folder: Path) -> Path:
+    """The sample knee (24 sagittal slices of 4 mm) resampled to ``n_slices`` over the same extent."""
+    import SimpleITK as sitk
+
+    from OrthoDiffusionLib.resources import sample_knee_path
+
+    img = sitk.ReadImage(str(sample_knee_path()))
+    size, spacing = list(img.GetSize()), list(img.GetSpacing())
+    axis = max(range(3), key=lambda i: spacing[i])
+    extent = size[axis] * spacing[axis]
+    size[axis], spacing[axis] = n_slices, extent / n_slices
+    out = sitk.Resample(img, size, sitk.Transform(), sitk.sitkLinear, img.GetOrigin(), spacing, img.GetDirection(),
+                        0.0, img.GetPixelID())
+    path = folder / f"knee_{n_slices}_slices.nii.gz"
+    sitk.WriteImage(out, str(path))
+    return path
+
+
+def run_child(model: str, out: Path, threads: int, draws: int, study: str = "", windows: str = "") -> dict:
     import os
 
     # a private ORTHODIFFUSION_HOME: the shipped knee-demo heads, not a user's refitted ones
     env = {**os.environ, "ORTHODIFFUSION_HOME": str(out.parent / "home"), "OMP_NUM_THREADS": str(threads)}
-    res = subprocess.run([sys.executable, "-c", CHILD, model, str(out), str(threads), str(draws)], cwd=REPO,
+    res = subprocess.run([sys.executable, "-c", CHILD, model, str(out), str(threads), str(draws), study, windows], cwd=REPO,
                          capture_output=True, text=True, env=env)
     if res.returncode != 0:
         raise SystemExit(f"{model}: child failed\n{res.stderr[-3000:]}")
@@ -161,6 +183,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--json", default=None, help="also write the raw numbers here")
     ap.add_argument("--demo", default="knee-demo", help="model (a): id or folder (default: the shipped knee-demo)")
+    ap.add_argument("--slices", type=int, default=0,
+                    help="predict the sample knee resampled to this many sagittal slices (default: as shipped, 24)")
+    ap.add_argument("--windows", default="", choices=["", "central", "sliding"],
+                    help="segmentation windows for both models (default: each model's own)")
     ap.add_argument("--draw-batching", action="store_true",
                     help="instead: peak RSS of one released plane with K=3 draws, one per pass vs batched")
     args = ap.parse_args()
@@ -172,15 +198,17 @@ def main() -> int:
         t0 = time.perf_counter()
         released = make_released_model(tmp / "released-model")
         print(f"released-architecture model folder built in {time.perf_counter() - t0:.1f} s", flush=True)
+        study = str(resampled_knee(args.slices, tmp)) if args.slices else ""
         rows = []
         for label, model in (("knee-demo", args.demo), ("released", str(released))):
-            r = run_child(model, tmp / f"out-{label}", args.threads, args.draws)
+            r = run_child(model, tmp / f"out-{label}", args.threads, args.draws, study, args.windows)
             r["label"] = label
             rows.append(r)
             print(f"{label}: K = {r['draws']} draws, predict {r['total_s']:.2f} s, "
                   f"peak RSS {r['peak_rss_mb'] / 1024:.2f} GiB", flush=True)
     draws = ", ".join(f"{r['label']} K = {r['draws']}" for r in rows)
-    print(f"\nnoise draws: {draws}; {args.threads} threads, planes {', '.join(rows[0]['planes'])}\n")
+    print(f"\nnoise draws: {draws}; {args.threads} threads, planes {', '.join(rows[0]['planes'])}; "
+          f"segmentation windows (starts per plane): {rows[1].get('windows')}\n")
     print(table(rows))
     if args.json:
         Path(args.json).write_text(json.dumps({"draws": args.draws, "threads": args.threads, "runs": rows}, indent=1))
