@@ -40,7 +40,7 @@ def _edit_and_save(result_dir, store):
     """Real MRML: load the result as a segmentation, empty the patella segment, flip one finding."""
     slicer = pytest.importorskip("slicer")
     from OrthoDiffusionLib.mrml.corrections import save_correction
-    from OrthoDiffusionLib.mrml.headless import headless_scene
+    from OrthoDiffusionLib.mrml.headless import headless_scene, util_globals
     from OrthoDiffusionLib.mrml.segmentation import load_result_segmentation
     from OrthoDiffusionLib.mrml.volumes import load_volume
     from OrthoDiffusionLib.results.folder import read_result_folder
@@ -49,23 +49,12 @@ def _edit_and_save(result_dir, store):
     ref = load_volume(scene, sample_knee_path(), "knee")
     result = read_result_folder(result_dir)
     seg = load_result_segmentation(scene, result, ref, logics["Segmentations"])
-    saved = {k: getattr(slicer, k, None) for k in ("mrmlScene", "modules")}
-    slicer.mrmlScene = scene  # slicer.util segment helpers read the app globals
-    slicer.modules = types.SimpleNamespace(
-        segmentations=types.SimpleNamespace(logic=lambda: logics["Segmentations"]),
-        volumes=types.SimpleNamespace(logic=lambda: logics["Volumes"]))
-    try:
+    with util_globals(scene, logics):  # slicer.util segment helpers read the app globals
         patella = seg.GetSegmentation().GetSegmentIdBySegmentName("Patella")
         arr = slicer.util.arrayFromSegmentBinaryLabelmap(seg, patella, ref)
         assert arr.sum() > 100  # the heads did predict a patella
         arr[:] = 0
         slicer.util.updateSegmentBinaryLabelmapFromArray(arr, seg, patella, ref)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                delattr(slicer, k)
-            else:
-                setattr(slicer, k, v)
     acl = result.finding("ACL")
     entry, _ = save_correction(scene, seg, ref, {"ACL": {"decision": not acl.decision, "action": "flipped"}}, store)
     return entry, acl

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import types
 
 import numpy as np
 import pytest
@@ -40,18 +39,10 @@ def env(demo):
 @pytest.fixture()
 def util_shims(env):
     """slicer.util segment helpers read the app globals; point them at this scene for the test."""
-    scene, logics = env[0], env[1]
-    saved = {k: getattr(slicer, k, None) for k in ("mrmlScene", "modules")}
-    slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(
-        segmentations=types.SimpleNamespace(logic=lambda: logics["Segmentations"]),
-        volumes=types.SimpleNamespace(logic=lambda: logics["Volumes"]))
-    yield
-    for k, v in saved.items():
-        if v is None:
-            delattr(slicer, k)
-        else:
-            setattr(slicer, k, v)
+    from OrthoDiffusionLib.mrml.headless import util_globals
+
+    with util_globals(env[0], env[1]):
+        yield
 
 
 def _segments(seg_node):

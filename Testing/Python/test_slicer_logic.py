@@ -34,24 +34,15 @@ def _tree_sha(root):
 
 def _erase_segment(scene, logics, seg_node, name, reference):
     """What a Segment Editor erase does, through slicer.util's segment helpers (app globals shimmed)."""
-    saved = {k: getattr(slicer, k, None) for k in ("mrmlScene", "modules")}
-    slicer.mrmlScene = scene
-    slicer.modules = types.SimpleNamespace(
-        segmentations=types.SimpleNamespace(logic=lambda: logics["Segmentations"]),
-        volumes=types.SimpleNamespace(logic=lambda: logics["Volumes"]))
-    try:
+    from OrthoDiffusionLib.mrml.headless import util_globals
+
+    with util_globals(scene, logics):
         sid = seg_node.GetSegmentation().GetSegmentIdBySegmentName(name)
         arr = slicer.util.arrayFromSegmentBinaryLabelmap(seg_node, sid, reference)
         voxels = int(arr.sum())
         arr[:] = 0
         slicer.util.updateSegmentBinaryLabelmapFromArray(arr, seg_node, sid, reference)
         return voxels
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                delattr(slicer, k)
-            else:
-                setattr(slicer, k, v)
 
 
 def _labels(folder):
