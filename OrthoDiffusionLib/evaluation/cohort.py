@@ -166,8 +166,8 @@ def ground_truth_source(row: ManifestRow, reference_plane: str) -> tuple[str, Pa
     return None
 
 
-def ground_truth_on_grid(gt_path: Path, pred_img):
-    """Read a knee-11 label map and resample it (nearest neighbour, physical space) onto ``pred_img``'s grid;
+def ground_truth_on_grid(gt_path: Path, pred_img, label_set: str = "knee-11"):
+    """Read a label map of ``label_set`` and resample it (nearest neighbour, physical space) onto ``pred_img``'s grid;
     returns (numpy array in (k, j, i) order, resampled: bool)."""
     import SimpleITK as sitk
 
@@ -181,11 +181,11 @@ def ground_truth_on_grid(gt_path: Path, pred_img):
         raise InputError(f"label map {gt_path} must be a 3D single-component image")
     arr = sitk.GetArrayViewFromImage(gt)
     if not np.issubdtype(arr.dtype, np.integer) and not np.all(np.mod(arr, 1) == 0):
-        raise InputError(f"label map {gt_path} holds non-integer values: give a knee-11 label map")
-    allowed = {0, *load_label_set("knee-11").values}
+        raise InputError(f"label map {gt_path} holds non-integer values: give a {label_set} label map")
+    allowed = {0, *load_label_set(label_set).values}
     bad = sorted(set(np.unique(arr).tolist()) - allowed)
     if bad:
-        raise InputError(f"label map {gt_path} has values outside knee-11: {bad[:8]}")
+        raise InputError(f"label map {gt_path} has values outside {label_set}: {bad[:8]}")
     if _same_grid(gt, pred_img):
         return sitk.GetArrayFromImage(gt).astype(np.uint8), False
     res = sitk.Resample(sitk.Cast(gt, sitk.sitkUInt8), pred_img, sitk.Transform(), sitk.sitkNearestNeighbor, 0,
@@ -195,20 +195,24 @@ def ground_truth_on_grid(gt_path: Path, pred_img):
 
 def evaluate_cohort_segmentation(cp: CohortPredictions, n_boot: int = 1000, seed: int = 0,
                                  progress: bool = False) -> dict | None:
-    """Dice / HD95 per knee-11 structure on the cases whose manifest row names a label map."""
+    """Dice / HD95 per structure (the label set the predictions record) on the cases whose manifest
+    row names a label map."""
     import SimpleITK as sitk
     from tqdm import tqdm
 
     from .segmentation import segmentation_case_metrics, summarize_segmentation
 
-    structures = load_label_set("knee-11")
-    rows, sources = [], []
     pairs = [(row, res) for row, res in zip(cp.rows, cp.results)
              if ground_truth_source(row, res.reference_plane) is not None]
+    sets = sorted({res.label_sets["structures"] for _, res in pairs})
+    if len(sets) > 1:
+        raise InputError(f"the predictions use different structure label sets ({', '.join(sets)}); evaluate them apart")
+    structures = load_label_set(sets[0] if sets else "knee-11")
+    rows, sources = [], []
     for row, res in tqdm(pairs, desc="segmentation", unit="case", disable=not progress):
         col, path = ground_truth_source(row, res.reference_plane)
         pred_img = sitk.ReadImage(str(res.path("labels")))
-        gt, resampled = ground_truth_on_grid(path, pred_img)
+        gt, resampled = ground_truth_on_grid(path, pred_img, structures.id)
         pred = sitk.GetArrayFromImage(pred_img)
         spacing = tuple(float(s) for s in pred_img.GetSpacing()[::-1])  # numpy (k, j, i) order
         rows += segmentation_case_metrics(pred, gt, structures, spacing=spacing, annotated=row.annotated_classes,
@@ -219,6 +223,7 @@ def evaluate_cohort_segmentation(cp: CohortPredictions, n_boot: int = 1000, seed
         return None
     summary = summarize_segmentation(rows, n_boot=n_boot, seed=seed)
     summary["ground_truth"] = sources
+    summary["label_set"] = structures.id
     return summary
 
 
@@ -328,6 +333,7 @@ def evaluate_cohort(manifest, predictions_dir, out=None, operating_point: str | 
         "n_missing": len(cp.missing),
         "missing_predictions": cp.missing,
         "labels": cp.keys,
+        "label_set": label_set,
         "operating_point": {"name": op.describe(), **thr_info},
         "n_boot": int(n_boot),
         "seed": int(seed),

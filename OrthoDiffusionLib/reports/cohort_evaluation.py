@@ -65,7 +65,7 @@ def _classification(ev: dict, eval_dir: Path) -> dict | None:
     rows.append(("macro", "", "", fmt_ci(m["value"], m["ci_low"], m["ci_high"]), "", "", "", "", "",
                  "; ".join(f"{k}: {v}" for k, v in m["skipped"].items())))
     op = ev["meta"]["operating_point"]
-    return {"label_set": FINDINGS_LABEL_SET, "operating_point": op["name"], "source": op.get("source", ""),
+    return {"label_set": ev["meta"].get("label_set", FINDINGS_LABEL_SET), "operating_point": op["name"], "source": op.get("source", ""),
             "rows": rows, "roc": _image(eval_dir, "roc_curves.png"), "reliability": _image(eval_dir, "reliability.png")}
 
 
@@ -110,7 +110,7 @@ def _segmentation(ev: dict, eval_dir: Path, anon: Pseudonymizer) -> dict | None:
     case_rows = [(anon(c), fmt(float(np.mean(v)))) for c, v in per_case.items()]
     if anon.enabled:  # the order of the original ids would leak through the row order
         case_rows.sort()
-    return {"label_set": STRUCTURES_LABEL_SET, "rows": rows, "case_rows": case_rows,
+    return {"label_set": seg.get("label_set", STRUCTURES_LABEL_SET), "rows": rows, "case_rows": case_rows,
             "image": _image(eval_dir, "dice_boxplot.png")}
 
 
