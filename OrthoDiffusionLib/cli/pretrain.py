@@ -1,6 +1,7 @@
 """``orthodiffusion pretrain`` (self-supervised DDPM pretraining of one plane's backbone, single
-process or under torchrun) and ``orthodiffusion export`` (our backbone or a training checkpoint →
-the published ``{step, model, ema, opt}`` container)."""
+process or under torchrun), ``orthodiffusion export`` (our backbone or a training checkpoint →
+the published ``{step, model, ema, opt}`` container) and ``orthodiffusion probe`` (the linear probe
+that judges a set of backbones against random weights)."""
 
 from __future__ import annotations
 
@@ -71,13 +72,27 @@ def register(subparsers) -> None:
     e.add_argument("--step", type=int, default=None, help="step to record (default: from the source)")
     e.set_defaults(func=run_export)
 
+    pr = subparsers.add_parser(
+        "probe", help="linear probe: pretrained vs randomly initialised backbones on a labelled cohort",
+        description="Pooled mid-block features (t, block) of each plane → standardised logistic regression → "
+                    "stratified cross-validated AUROC for one finding, for the given backbones and for the same "
+                    "architecture with random weights. Research use, not for clinical decisions.")
+    pr.add_argument("--manifest", required=True, help="cohort manifest CSV with plane columns and the finding")
+    pr.add_argument("--backbones", required=True, help="folder with sagittal/coronal/axial.safetensors")
+    pr.add_argument("--finding", default="EFFU")
+    pr.add_argument("--t", type=int, default=100)
+    pr.add_argument("--block", default="mid_2")
+    pr.add_argument("--out", default=None, help="write the result JSON here too")
+    pr.add_argument("--inputs-cache", default=None, help=".npz of the preprocessed inputs (written if absent)")
+    pr.set_defaults(func=run_probe)
+
 
 def run_pretrain(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
     from ..training.presets import load_config
-    from ..training.pretrain import run_pretraining, train_config_from
+    from ..training import run_pretraining, train_config_from
 
     model_config, train_defaults = load_config(args.config)
     eval_ts = tuple(int(v) for v in args.eval_timesteps.split(",")) if args.eval_timesteps else None
@@ -117,7 +132,7 @@ def run_export(args: argparse.Namespace) -> int:
         step = args.step if args.step is not None else int(info.get("provenance", {}).get("steps") or 0)
         export_official(model.state_dict(), out, step=step, config=model.config)
     else:
-        from ..training.pretrain import load_checkpoint_weights
+        from ..training.checkpoints import load_checkpoint_weights
 
         ck = Path(args.checkpoint)
         if not (ck / "state.json").is_file():
@@ -135,4 +150,21 @@ def run_export(args: argparse.Namespace) -> int:
     if groups != REFERENCE_NORM_GROUPS:
         print(f"note: norm_groups={groups}: the reference code hard-codes {REFERENCE_NORM_GROUPS} GroupNorm groups, "
               "so this model runs only in OrthoDiffusionLib (load it back with its sidecar)")
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..training.probe import run_probe as probe
+
+    res = probe(Path(args.manifest), Path(args.backbones), args.finding, args.t, args.block,
+                inputs_cache=Path(args.inputs_cache) if args.inputs_cache else None)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        from ..storage import atomic_write_text
+
+        atomic_write_text(Path(args.out), text + "\n")
     return 0

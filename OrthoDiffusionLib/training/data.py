@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..planes import PLANES
 
-PLANES = ("sagittal", "coronal", "axial")
 # axis of the [D, H, W] array that runs left <-> right in each canonical layout (see io/planes.py)
 LEFT_RIGHT_AXIS = {"sagittal": 0, "coronal": 2, "axial": 2}
 
