@@ -8,6 +8,18 @@ from __future__ import annotations
 import argparse
 
 
+def _size3(text: str) -> tuple[int, int, int]:
+    """'16,32,32' or '16x32x32' → (16, 32, 32)."""
+    parts = text.replace("x", ",").replace("×", ",").split(",")
+    try:
+        size = tuple(int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not D,H,W (three whole numbers)") from None
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not D,H,W (three positive whole numbers)")
+    return size
+
+
 def register(subparsers) -> None:
     p = subparsers.add_parser(
         "pretrain", help="pretrain a plane's diffusion backbone on unlabeled volumes (DDPM)",
@@ -28,6 +40,23 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=["adamw", "adam"], default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="after the warm-up: constant (default, as published) or cosine decay to lr × --lr-min-ratio "
+                        "at --steps")
+    p.add_argument("--lr-min-ratio", type=float, default=None, help="final lr of the cosine schedule / lr (default 0.1)")
+    p.add_argument("--loss-weighting", choices=["uniform", "min-snr"], default=None,
+                   help="uniform ε-MSE (default, as published) or min-SNR-γ: w(t) = min(SNR(t), γ) / SNR(t)")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="γ of --loss-weighting min-snr (default 5)")
+    p.add_argument("--crop", type=_size3, default=None, metavar="D,H,W",
+                   help="train on random D×H×W crops of the volumes (each divisible by the U-Net's downsampling); "
+                        "default: the whole model input")
+    p.add_argument("--volume-size", type=_size3, default=None, metavar="D,H,W",
+                   help="preprocess the volumes to this size instead of the model input (needs --crop); the held-out "
+                        "loss is measured on them resized to the model input")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last_3d memory format for the training convolutions")
+    p.add_argument("--max-wall-s", type=float, default=None,
+                   help="stop (with a checkpoint and the export) once this run has trained this many seconds")
     p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (0 = off; default 1.0)")
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--ema-start", type=int, default=None, help="EMA = plain copy of the weights up to this step")
@@ -99,6 +128,9 @@ def run_pretrain(args: argparse.Namespace) -> int:
     cfg = train_config_from(
         train_defaults, plane=args.plane, data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio, loss_weighting=args.loss_weighting,
+        min_snr_gamma=args.min_snr_gamma, crop=args.crop, volume_size=args.volume_size,
+        channels_last=args.channels_last, max_wall_s=args.max_wall_s,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, ema_start=args.ema_start, ema_every=args.ema_every,
         seed=args.seed, device=args.device, amp=args.amp, grad_checkpointing=args.grad_checkpointing,
         ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
@@ -108,7 +140,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         command="orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     summary = run_pretraining(cfg, model_config)
     if summary["rank"] == 0:
-        print(f"{cfg.plane}: steps {summary['start_step']}→{summary['end_step']} in {summary['wall_s']:.1f} s "
+        stop = " (wall-time budget reached)" if summary.get("stopped_by") == "max_wall_s" else ""
+        print(f"{cfg.plane}: steps {summary['start_step']}→{summary['end_step']}{stop} in {summary['wall_s']:.1f} s "
               f"({summary['steps_per_s']:.3f} steps/s, world size {summary['world_size']})")
         if summary.get("backbone"):
             print(f"EMA backbone: {summary['backbone']}")

@@ -2,8 +2,10 @@
 
 Objective as published: cosine schedule (T = 1000), uniform t, ε-prediction, MSE. AdamW (or Adam),
 linear warm-up then constant learning rate, gradient clipping, EMA of the weights (the EMA is what
-downstream uses and what gets exported). Optional: AMP (fp16/bf16 autocast, CUDA only), gradient
-checkpointing, DDP through torchrun (NCCL on GPUs, gloo on CPU).
+downstream uses and what gets exported). Optional: min-SNR-γ loss weighting and a cosine learning
+rate (``objective.py``), random crops of the training volumes (``data.RandomCrop``), channels-last
+convolutions, a wall-time budget, AMP (fp16/bf16 autocast, CUDA only), gradient checkpointing, DDP
+through torchrun (NCCL on GPUs, gloo on CPU).
 
 Reproducibility: every random draw of the loop (sample order, augmentation, t, ε) comes from
 explicit generators seeded by (seed, rank); model initialisation from ``seed``. Checkpoints hold
@@ -39,18 +41,13 @@ from . import distributed as dist_utils
 from .checkpoints import (CKPT_FORMAT, export_backbone, find_checkpoint, load_init_weights, restore_checkpoint,
                           restore_rng, write_checkpoint)
 from .config import TrainConfig, validate
-from .data import Augment, BatchStream, load_plane_volumes
+from .data import Augment, BatchStream, RandomCrop, load_plane_volumes
 from .ema import EMA
 from .heldout import HeldOut
+from .objective import diffusion_loss, lr_at
 from .plots import plot_loss, save_samples_png
 from .rng import numpy_state, python_state, rank_seed
 from .runlog import truncate_log, write_log
-
-
-def _lr_at(cfg: TrainConfig, step: int) -> float:
-    if cfg.warmup_steps > 0 and step <= cfg.warmup_steps:
-        return cfg.lr * step / cfg.warmup_steps
-    return cfg.lr
 
 
 def _log(info, *msg):
@@ -68,17 +65,18 @@ class _Data:
     names: list[str]
 
 
-def run_pretraining(cfg: TrainConfig, model_config: UNetConfig, volumes=None) -> dict:
+def run_pretraining(cfg: TrainConfig, model_config: UNetConfig, volumes=None, names=None) -> dict:
     """Train; return a summary with the per-step losses of this invocation (rank 0's view).
 
-    ``volumes`` (list of [D, H, W] float arrays) bypasses file loading (used by tests and benches).
+    ``volumes`` (list of [D, H, W] float arrays, already preprocessed to the volume size) bypasses
+    file loading (tests, benches, the GPU script); ``names`` labels them in the provenance.
     ``cfg.threads`` sets torch's CPU threads for the run (restored afterwards).
     """
     previous_threads = torch.get_num_threads()
     try:
         if cfg.threads:
             torch.set_num_threads(int(cfg.threads))
-        return _Run(cfg, model_config, volumes).train()
+        return _Run(cfg, model_config, volumes, names).train()
     finally:
         torch.set_num_threads(previous_threads)
 
@@ -98,26 +96,37 @@ def _device_and_amp(cfg: TrainConfig):
     return device, info, amp
 
 
-def _load_data(cfg: TrainConfig, shape: tuple, volumes, info) -> _Data:
+def _load_data(cfg: TrainConfig, shape: tuple, volumes, names, info) -> _Data:
+    volume = tuple(cfg.volume_size or shape)
     if volumes is None:
-        items = load_plane_volumes(cfg.data, cfg.plane, shape[0], shape[1:], cfg.preprocessing, cfg.echoes,
+        items = load_plane_volumes(cfg.data, cfg.plane, volume[0], volume[1:], cfg.preprocessing, cfg.echoes,
                                    cfg.reformat, log=lambda m: _log(info, m))
         arrays, names = [it.array for it in items], [it.name for it in items]
     else:
         arrays = [np.ascontiguousarray(v, dtype=np.float32) for v in volumes]
-        names = [f"array{i}" for i in range(len(arrays))]
-        if any(a.shape != shape for a in arrays):
-            raise InputError(f"volumes must have shape {shape}")
+        names = list(names) if names is not None else [f"array{i}" for i in range(len(arrays))]
+        if any(a.shape != volume for a in arrays):
+            raise InputError(f"volumes must have shape {volume}")
     if cfg.heldout > 0 and len(arrays) >= 3:
         k = min(cfg.heldout, len(arrays) - 2)
-        return _Data(arrays[:-k], arrays[-k:], "held-out", names[:-k], names[-k:], names)
-    return _Data(arrays, arrays[:1], "train", names, names[:1], names)
+        data = _Data(arrays[:-k], arrays[-k:], "held-out", names[:-k], names[-k:], names)
+    else:
+        data = _Data(arrays, arrays[:1], "train", names, names[:1], names)
+    if volume != shape:  # the held-out loss is measured on what downstream sees: the whole model input
+        data.evaluation = [_resized(a, shape) for a in data.evaluation]
+    return data
+
+
+def _resized(a: np.ndarray, shape: tuple) -> np.ndarray:
+    x = torch.nn.functional.interpolate(torch.from_numpy(a)[None, None], size=shape, mode="trilinear",
+                                        align_corners=False)
+    return np.ascontiguousarray(x[0, 0].numpy(), dtype=np.float32)
 
 
 class _Run:
     """One invocation of the loop: set-up (data, model, optimizer, resume), the steps, the end."""
 
-    def __init__(self, cfg: TrainConfig, model_config: UNetConfig, volumes):
+    def __init__(self, cfg: TrainConfig, model_config: UNetConfig, volumes, names=None):
         self.cfg, self.model_config = cfg, model_config
         self.shape = (model_config.depth_size, model_config.image_size, model_config.image_size)
         validate(cfg, self.shape, model_config.min_input_multiple)
@@ -127,9 +136,10 @@ class _Run:
             from ..ownership import claim_folder
 
             claim_folder(self.out, "pretrain")
-        self.data = _load_data(cfg, self.shape, volumes, self.info)
+        self.data = _load_data(cfg, self.shape, volumes, names, self.info)
+        crop = f", random crops {tuple(cfg.crop)}" if cfg.crop else ""
         _log(self.info, f"{cfg.plane}: {len(self.data.train)} training volume(s), evaluation on "
-                        f"{len(self.data.evaluation)} ({self.data.split}); input {self.shape}; "
+                        f"{len(self.data.evaluation)} ({self.data.split}); input {self.shape}{crop}; "
                         f"world size {self.info.world_size}; device {self.device}")
         self._build_model()
         self.start_step, self.elapsed_before = self._resume_or_start()
@@ -147,12 +157,15 @@ class _Run:
             _log(info, f"continued pretraining: initial weights from {cfg.init} "
                        f"(sha256 {self.init_record['sha256'][:12]}…)")
         self.raw = raw.to(self.device)
+        if cfg.channels_last:  # before the EMA copy and the optimizer, so both see the same tensors
+            self.raw = self.raw.to(memory_format=torch.channels_last_3d)
         self.ema = EMA(self.raw, cfg.ema_decay, cfg.ema_start, cfg.ema_every)
         opt_cls = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
         self.opt = opt_cls(self.raw.parameters(), lr=cfg.lr, betas=tuple(cfg.adam_betas), weight_decay=cfg.weight_decay)
         self.scaler = torch.amp.GradScaler("cuda") if self.amp == "fp16" else None
         self.schedule = CosineSchedule(self.model_config.timesteps)
         self.augment = Augment(enabled=cfg.augment)
+        self.crop = RandomCrop(tuple(cfg.crop)) if cfg.crop else None
         self.stream = BatchStream(len(self.data.train), cfg.batch_size, cfg.seed, info.rank, info.world_size)
         self.gen = torch.Generator().manual_seed(rank_seed(cfg.seed, info.rank))
         self.heldout = (HeldOut(self.data.evaluation, cfg.eval_timesteps, cfg.seed, self.data.split)
@@ -184,26 +197,34 @@ class _Run:
         return start_step, elapsed_before
 
     # -- one step ---------------------------------------------------------------------------------
+    def _sample(self, i: int) -> torch.Tensor:
+        x = torch.from_numpy(self.data.train[i])
+        if self.crop is not None:  # crop first: the augmentation then works on the smaller tensor
+            x = self.crop(x, self.gen)
+        return self.augment(x, self.cfg.plane, self.gen)
+
     def _batch(self):
         idx = self.stream.next()
-        x0 = torch.stack([self.augment(torch.from_numpy(self.data.train[i]), self.cfg.plane, self.gen)
-                          for i in idx])[:, None]
+        x0 = torch.stack([self._sample(i) for i in idx])[:, None]
         t = torch.randint(0, self.schedule.timesteps, (len(idx),), generator=self.gen)
         noise = torch.randn(x0.shape, generator=self.gen)
-        return x0.to(self.device), t.to(self.device), noise.to(self.device)
+        x0, t, noise = x0.to(self.device), t.to(self.device), noise.to(self.device)
+        if self.cfg.channels_last:
+            x0, noise = (v.contiguous(memory_format=torch.channels_last_3d) for v in (x0, noise))
+        return x0, t, noise
 
     def _step(self, step: int) -> tuple[float, float, float]:
         """One optimizer step → (loss averaged over ranks, lr, gradient norm)."""
         cfg, raw = self.cfg, self.raw
         x0, t, noise = self._batch()
-        lr = _lr_at(cfg, step)
+        lr = lr_at(cfg, step)
         for group in self.opt.param_groups:
             group["lr"] = lr
         self.model.train()
         autocast_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.amp)
         with torch.autocast("cuda", dtype=autocast_dtype, enabled=autocast_dtype is not None):
             eps = self.model(self.schedule.q_sample(x0, t, noise), t)
-        loss = torch.nn.functional.mse_loss(eps.float(), noise)
+        loss = diffusion_loss(eps, noise, t, self.schedule, cfg.loss_weighting, cfg.min_snr_gamma)
         self.opt.zero_grad(set_to_none=True)
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
@@ -220,14 +241,14 @@ class _Run:
         self.ema.update(raw, step)
         return float(dist_utils.all_reduce_mean(loss.detach(), self.info)), lr, float(grad_norm)
 
-    def _record(self, step: int, loss: float, lr: float, grad_norm: float) -> None:
+    def _record(self, step: int, loss: float, lr: float, grad_norm: float, last: bool) -> None:
         """Rank 0: the log row, the held-out loss, the progress bar and the sample PNG of this step."""
         cfg, now = self.cfg, time.time()
         row = {"step": step, "loss": f"{loss:.8g}", "lr": f"{lr:.6g}", "grad_norm": f"{grad_norm:.5g}",
                "heldout_loss": "", "heldout_split": "", "time_s": f"{self.elapsed_before + now - self.t_start:.2f}",
                "steps_per_s": f"{(step - self.last_step) / max(now - self.last_t, 1e-9):.4f}"}
         self.last_t, self.last_step = now, step
-        if cfg.eval_every and (step % cfg.eval_every == 0 or step == cfg.steps):
+        if cfg.eval_every and (step % cfg.eval_every == 0 or last):
             ev = self.heldout.evaluate(self.ema.model, self.schedule, self.device)
             row["heldout_loss"], row["heldout_split"] = f"{ev['heldout_loss']:.6g}", self.heldout.split
             _log(self.info, f"step {step}: loss {loss:.4f}, {self.data.split} loss (EMA) {ev['heldout_loss']:.4f} "
@@ -236,7 +257,7 @@ class _Run:
         if self.pbar is not None:
             self.pbar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2g}", refresh=False)
             self.pbar.update(1)
-        if cfg.sample_every and step % cfg.sample_every == 0 and step != cfg.steps:
+        if cfg.sample_every and step % cfg.sample_every == 0 and not last:
             self._samples(step)
 
     def _samples(self, step: int) -> None:
@@ -276,13 +297,23 @@ class _Run:
         for step in range(self.start_step + 1, cfg.steps + 1):
             loss, lr, grad_norm = self._step(step)
             losses.append(loss)
+            last = step == cfg.steps or self._out_of_time()
             if info.is_main:
-                self._record(step, loss, lr, grad_norm)
-            if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                self._record(step, loss, lr, grad_norm, last)
+            if cfg.ckpt_every and (step % cfg.ckpt_every == 0 or last):
                 self._checkpoint(step, loss)
+            if last:
+                break
         if self.pbar is not None:
             self.pbar.close()
         return self._finish(step, losses)
+
+    def _out_of_time(self) -> bool:
+        """The wall-time budget is spent (rank 0's clock decides for every rank)."""
+        if self.cfg.max_wall_s is None:
+            return False
+        spent = self.info.is_main and time.time() - self.t_start >= self.cfg.max_wall_s
+        return dist_utils.any_rank(spent, self.info, self.device)
 
     def _finish(self, step: int, losses: list[float]) -> dict:
         cfg, info, start_step = self.cfg, self.info, self.start_step
@@ -290,7 +321,7 @@ class _Run:
         summary = {"plane": cfg.plane, "start_step": start_step, "end_step": step, "losses": losses,
                    "wall_s": wall, "elapsed_s": self.elapsed_before + wall, "world_size": info.world_size,
                    "rank": info.rank, "train_volumes": self.data.train_names, "eval_volumes": self.data.eval_names,
-                   "eval_split": self.data.split,
+                   "eval_split": self.data.split, "stopped_by": "steps" if step == cfg.steps else "max_wall_s",
                    "steps_per_s": (step - start_step) / wall if wall > 0 else float("nan")}
         if info.is_main and (step > start_step or (start_step and cfg.steps == start_step)):  # == : re-export only
             mc = self.model_config
