@@ -139,3 +139,14 @@ def test_cli_crop_options(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(base + ["--crop", "8,8"])
     assert "D,H,W" in capsys.readouterr().err
+
+
+def test_knee_demo_crops_preset_is_knee_demo_with_crops():
+    from OrthoDiffusionLib.training import train_config_from
+
+    crops_model, crops_train = load_config("knee-demo-crops")
+    demo_model, _ = load_config("knee-demo")
+    assert crops_model.to_dict() == demo_model.to_dict()  # so --init from the knee-demo backbones works
+    cfg = train_config_from(crops_train, plane="axial", batch_size=None)
+    assert cfg.crop == (16, 32, 32) and cfg.batch_size == 8 and cfg.loss_weighting == "uniform"
+    assert train_config_from({"crop": [16, 32, 32]}, plane="axial").crop == (16, 32, 32)  # JSON lists → tuples
