@@ -166,6 +166,11 @@ class _Run:
         self.schedule = CosineSchedule(self.model_config.timesteps)
         self.augment = Augment(enabled=cfg.augment)
         self.crop = RandomCrop(tuple(cfg.crop)) if cfg.crop else None
+        # on a GPU the training volumes live there (crop and augmentation run on the device with the
+        # loop generator's CPU draws); on the CPU they are the arrays themselves
+        self.store = [torch.from_numpy(a) for a in self.data.train]
+        if self.device.type == "cuda":
+            self.store = [v.to(self.device) for v in self.store]
         self.stream = BatchStream(len(self.data.train), cfg.batch_size, cfg.seed, info.rank, info.world_size)
         self.gen = torch.Generator().manual_seed(rank_seed(cfg.seed, info.rank))
         self.heldout = (HeldOut(self.data.evaluation, cfg.eval_timesteps, cfg.seed, self.data.split)
@@ -198,7 +203,7 @@ class _Run:
 
     # -- one step ---------------------------------------------------------------------------------
     def _sample(self, i: int) -> torch.Tensor:
-        x = torch.from_numpy(self.data.train[i])
+        x = self.store[i]
         if self.crop is not None:  # crop first: the augmentation then works on the smaller tensor
             x = self.crop(x, self.gen)
         return self.augment(x, self.cfg.plane, self.gen)
