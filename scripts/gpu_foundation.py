@@ -80,7 +80,7 @@ def check_imports() -> None:
 
 def third_party_modules() -> list[str]:
     """Top-level non-stdlib modules this process imported (what must exist on the GPU machine)."""
-    own = {"OrthoDiffusionLib", "__main__", "gpu_foundation"}
+    own = {"OrthoDiffusionLib", "__main__", "gpu_foundation", "gpu_foundation_predict"}
     names = {m.split(".")[0] for m in list(sys.modules)}
     return sorted(n for n in names if n not in sys.stdlib_module_names and n not in own and not n.startswith("_"))
 
