@@ -1,10 +1,23 @@
 """``orthodiffusion pretrain`` (self-supervised DDPM pretraining of one plane's backbone, single
-process or under torchrun) and ``orthodiffusion export`` (our backbone or a training checkpoint →
-the published ``{step, model, ema, opt}`` container)."""
+process or under torchrun), ``orthodiffusion export`` (our backbone or a training checkpoint →
+the published ``{step, model, ema, opt}`` container) and ``orthodiffusion probe`` (the linear probe
+that judges a set of backbones against random weights)."""
 
 from __future__ import annotations
 
 import argparse
+
+
+def _size3(text: str) -> tuple[int, int, int]:
+    """'16,32,32' or '16x32x32' → (16, 32, 32)."""
+    parts = text.replace("x", ",").replace("×", ",").split(",")
+    try:
+        size = tuple(int(v) for v in parts)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not D,H,W (three whole numbers)") from None
+    if len(size) != 3 or min(size) < 1:
+        raise argparse.ArgumentTypeError(f"'{text}' is not D,H,W (three positive whole numbers)")
+    return size
 
 
 def register(subparsers) -> None:
@@ -27,6 +40,23 @@ def register(subparsers) -> None:
     p.add_argument("--optimizer", choices=["adamw", "adam"], default=None)
     p.add_argument("--weight-decay", type=float, default=None)
     p.add_argument("--warmup-steps", type=int, default=None)
+    p.add_argument("--lr-schedule", choices=["constant", "cosine"], default=None,
+                   help="after the warm-up: constant (default, as published) or cosine decay to lr × --lr-min-ratio "
+                        "at --steps")
+    p.add_argument("--lr-min-ratio", type=float, default=None, help="final lr of the cosine schedule / lr (default 0.1)")
+    p.add_argument("--loss-weighting", choices=["uniform", "min-snr"], default=None,
+                   help="uniform ε-MSE (default, as published) or min-SNR-γ: w(t) = min(SNR(t), γ) / SNR(t)")
+    p.add_argument("--min-snr-gamma", type=float, default=None, help="γ of --loss-weighting min-snr (default 5)")
+    p.add_argument("--crop", type=_size3, default=None, metavar="D,H,W",
+                   help="train on random D×H×W crops of the volumes (each divisible by the U-Net's downsampling); "
+                        "default: the whole model input")
+    p.add_argument("--volume-size", type=_size3, default=None, metavar="D,H,W",
+                   help="preprocess the volumes to this size instead of the model input (needs --crop); the held-out "
+                        "loss is measured on them resized to the model input")
+    p.add_argument("--channels-last", action="store_true", default=None,
+                   help="channels_last_3d memory format for the training convolutions")
+    p.add_argument("--max-wall-s", type=float, default=None,
+                   help="stop (with a checkpoint and the export) once this run has trained this many seconds")
     p.add_argument("--grad-clip", type=float, default=None, help="max gradient norm (0 = off; default 1.0)")
     p.add_argument("--ema-decay", type=float, default=None)
     p.add_argument("--ema-start", type=int, default=None, help="EMA = plain copy of the weights up to this step")
@@ -71,19 +101,36 @@ def register(subparsers) -> None:
     e.add_argument("--step", type=int, default=None, help="step to record (default: from the source)")
     e.set_defaults(func=run_export)
 
+    pr = subparsers.add_parser(
+        "probe", help="linear probe: pretrained vs randomly initialised backbones on a labelled cohort",
+        description="Pooled mid-block features (t, block) of each plane → standardised logistic regression → "
+                    "stratified cross-validated AUROC for one finding, for the given backbones and for the same "
+                    "architecture with random weights. Research use, not for clinical decisions.")
+    pr.add_argument("--manifest", required=True, help="cohort manifest CSV with plane columns and the finding")
+    pr.add_argument("--backbones", required=True, help="folder with sagittal/coronal/axial.safetensors")
+    pr.add_argument("--finding", default="EFFU")
+    pr.add_argument("--t", type=int, default=100)
+    pr.add_argument("--block", default="mid_2")
+    pr.add_argument("--out", default=None, help="write the result JSON here too")
+    pr.add_argument("--inputs-cache", default=None, help=".npz of the preprocessed inputs (written if absent)")
+    pr.set_defaults(func=run_probe)
+
 
 def run_pretrain(args: argparse.Namespace) -> int:
     import shlex
     import sys
 
     from ..training.presets import load_config
-    from ..training.pretrain import run_pretraining, train_config_from
+    from ..training import run_pretraining, train_config_from
 
     model_config, train_defaults = load_config(args.config)
     eval_ts = tuple(int(v) for v in args.eval_timesteps.split(",")) if args.eval_timesteps else None
     cfg = train_config_from(
         train_defaults, plane=args.plane, data=args.data, out=args.out, steps=args.steps, batch_size=args.batch_size,
         lr=args.lr, optimizer=args.optimizer, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps,
+        lr_schedule=args.lr_schedule, lr_min_ratio=args.lr_min_ratio, loss_weighting=args.loss_weighting,
+        min_snr_gamma=args.min_snr_gamma, crop=args.crop, volume_size=args.volume_size,
+        channels_last=args.channels_last, max_wall_s=args.max_wall_s,
         grad_clip=args.grad_clip, ema_decay=args.ema_decay, ema_start=args.ema_start, ema_every=args.ema_every,
         seed=args.seed, device=args.device, amp=args.amp, grad_checkpointing=args.grad_checkpointing,
         ckpt_every=args.ckpt_every, keep_checkpoints=args.keep_checkpoints, eval_every=args.eval_every,
@@ -93,7 +140,8 @@ def run_pretrain(args: argparse.Namespace) -> int:
         command="orthodiffusion " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
     summary = run_pretraining(cfg, model_config)
     if summary["rank"] == 0:
-        print(f"{cfg.plane}: steps {summary['start_step']}→{summary['end_step']} in {summary['wall_s']:.1f} s "
+        stop = " (wall-time budget reached)" if summary.get("stopped_by") == "max_wall_s" else ""
+        print(f"{cfg.plane}: steps {summary['start_step']}→{summary['end_step']}{stop} in {summary['wall_s']:.1f} s "
               f"({summary['steps_per_s']:.3f} steps/s, world size {summary['world_size']})")
         if summary.get("backbone"):
             print(f"EMA backbone: {summary['backbone']}")
@@ -117,7 +165,7 @@ def run_export(args: argparse.Namespace) -> int:
         step = args.step if args.step is not None else int(info.get("provenance", {}).get("steps") or 0)
         export_official(model.state_dict(), out, step=step, config=model.config)
     else:
-        from ..training.pretrain import load_checkpoint_weights
+        from ..training.checkpoints import load_checkpoint_weights
 
         ck = Path(args.checkpoint)
         if not (ck / "state.json").is_file():
@@ -135,4 +183,21 @@ def run_export(args: argparse.Namespace) -> int:
     if groups != REFERENCE_NORM_GROUPS:
         print(f"note: norm_groups={groups}: the reference code hard-codes {REFERENCE_NORM_GROUPS} GroupNorm groups, "
               "so this model runs only in OrthoDiffusionLib (load it back with its sidecar)")
+    return 0
+
+
+def run_probe(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from ..training.probe import run_probe as probe
+
+    res = probe(Path(args.manifest), Path(args.backbones), args.finding, args.t, args.block,
+                inputs_cache=Path(args.inputs_cache) if args.inputs_cache else None)
+    text = json.dumps(res, indent=1)
+    print(text)
+    if args.out:
+        from ..storage import atomic_write_text
+
+        atomic_write_text(Path(args.out), text + "\n")
     return 0

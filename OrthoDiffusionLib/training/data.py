@@ -22,8 +22,8 @@ import numpy as np
 import torch
 
 from ..errors import InputError
+from ..planes import PLANES
 
-PLANES = ("sagittal", "coronal", "axial")
 # axis of the [D, H, W] array that runs left <-> right in each canonical layout (see io/planes.py)
 LEFT_RIGHT_AXIS = {"sagittal": 0, "coronal": 2, "axial": 2}
 
@@ -108,31 +108,55 @@ def _echo_images(path: Path, echoes):
         yield e, img
 
 
-def load_plane_volumes(data: list[str | Path], plane: str, depth: int, size: tuple[int, int],
-                       mode: str = "released", echoes="all", reformat: bool = True,
-                       log=print) -> list[VolumeItem]:
-    """Read and preprocess every volume of ``data`` for ``plane`` → list of VolumeItem ([D, H, W])."""
+def _load_source(path: Path, plane: str, depth: int, size: tuple[int, int], mode: str, echoes,
+                 reformat: bool) -> tuple[list[VolumeItem], list[str]]:
+    """One source file → (its preprocessed volumes, [its name] if it was skipped as another plane)."""
     import SimpleITK as sitk
 
     from ..io.planes import detect_plane, reformat_to_planes
     from ..io.preprocess import preprocess
 
+    items, skipped = [], []
+    for echo, image in _echo_images(path, echoes):
+        image = sitk.Cast(image, sitk.sitkFloat32)
+        native, _ = detect_plane(image)
+        reformatted = native != plane
+        if reformatted:
+            if not reformat:
+                skipped.append(path.name)
+                continue
+            image = reformat_to_planes(image)[plane]
+        arr, _ = preprocess(image, mode=mode, plane=plane, depth=depth, size=size)
+        items.append(VolumeItem(str(path), echo, plane, reformatted, np.ascontiguousarray(arr, dtype=np.float32)))
+    return items, skipped
+
+
+def _load_source_in_worker(args):
+    import SimpleITK as sitk
+
+    sitk.ProcessObject.SetGlobalDefaultNumberOfThreads(1)  # the pool is the parallelism
+    return _load_source(*args)
+
+
+def load_plane_volumes(data: list[str | Path], plane: str, depth: int, size: tuple[int, int],
+                       mode: str = "released", echoes="all", reformat: bool = True,
+                       log=print, workers: int = 1) -> list[VolumeItem]:
+    """Read and preprocess every volume of ``data`` for ``plane`` → list of VolumeItem ([D, H, W]).
+
+    ``workers`` > 1 reads the files in that many processes (same items, same order)."""
     if plane not in PLANES:
         raise InputError(f"unknown plane {plane!r}; choose one of {', '.join(PLANES)}")
-    items: list[VolumeItem] = []
-    skipped = []
-    for path in list_sources(data, plane):
-        for echo, image in _echo_images(path, echoes):
-            image = sitk.Cast(image, sitk.sitkFloat32)
-            native, _ = detect_plane(image)
-            reformatted = native != plane
-            if reformatted:
-                if not reformat:
-                    skipped.append(path.name)
-                    continue
-                image = reformat_to_planes(image)[plane]
-            arr, _ = preprocess(image, mode=mode, plane=plane, depth=depth, size=size)
-            items.append(VolumeItem(str(path), echo, plane, reformatted, np.ascontiguousarray(arr, dtype=np.float32)))
+    jobs = [(path, plane, depth, tuple(size), mode, echoes, reformat) for path in list_sources(data, plane)]
+    if workers > 1 and len(jobs) > 1:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(min(workers, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(_load_source_in_worker, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        results = [_load_source(*job) for job in jobs]
+    items = [item for got, _ in results for item in got]
+    skipped = [name for _, names in results for name in names]
     if skipped:
         log(f"skipped {len(skipped)} volume(s) not acquired in the {plane} plane (reformatting is off)")
     if not items:
@@ -177,6 +201,21 @@ class Augment:
                 h, w = x.shape[-2:]
                 x = padded[:, k - dh:k - dh + h, k - dw:k - dw + w]
         return x.contiguous()
+
+
+@dataclass(frozen=True)
+class RandomCrop:
+    """A random ``size`` (D, H, W) sub-volume: smaller inputs make a step cheaper (more samples per
+    second on a CPU), and crops of larger volumes show the model more detail. Draws three numbers
+    from the generator per call, whatever the sizes, so the stream of draws has a fixed shape."""
+
+    size: tuple[int, int, int]
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        u = torch.rand(3, generator=gen, dtype=torch.float64).tolist()
+        starts = [int(ui * (n - c + 1)) for ui, n, c in zip(u, x.shape, self.size)]
+        (d, h, w), (cd, ch, cw) = starts, self.size
+        return x[d:d + cd, h:h + ch, w:w + cw]
 
 
 class BatchStream:

@@ -2,15 +2,17 @@
 
 Launch with ``torchrun --nproc_per_node=N -m OrthoDiffusionLib pretrain …`` (single node) or with
 ``--nnodes/--rdzv-backend c10d/--rdzv-endpoint`` (multi-node). Backend: NCCL on CUDA, gloo on CPU.
-Without the torchrun environment variables everything runs as a single process (rank 0 of 1).
+The torchrun environment is read by ``OrthoDiffusionLib.runtime.torchrun_env``; without it (or with
+WORLD_SIZE 1) everything runs as a single process (rank 0 of 1).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
+
+from ..runtime import torchrun_env
 
 
 @dataclass(frozen=True)
@@ -29,24 +31,19 @@ class DistInfo:
         return self.rank == 0
 
 
-def launched_by_torchrun() -> bool:
-    return "RANK" in os.environ and "WORLD_SIZE" in os.environ
-
-
 def init(device_kind: str) -> DistInfo:
     """Initialise the default process group when launched by torchrun with WORLD_SIZE > 1."""
-    if not launched_by_torchrun() or int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+    env = torchrun_env()
+    if not env.launched:
         return DistInfo()
     import torch.distributed as dist
 
     backend = "nccl" if device_kind == "cuda" else "gloo"
-    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     if device_kind == "cuda":
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(env.local_rank)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend)
-    return DistInfo(rank, local_rank, world, backend)
+    return DistInfo(env.rank, env.local_rank, env.world, backend)
 
 
 def barrier(info: DistInfo) -> None:
@@ -64,6 +61,28 @@ def all_reduce_mean(value: torch.Tensor, info: DistInfo) -> torch.Tensor:
     value = value.detach().clone()
     dist.all_reduce(value, op=dist.ReduceOp.SUM)
     return value / info.world_size
+
+
+def gather_object(obj, info: DistInfo) -> list:
+    """``obj`` of every rank, in rank order (a one-element list without torchrun)."""
+    if not info.enabled:
+        return [obj]
+    import torch.distributed as dist
+
+    out = [None] * info.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def any_rank(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True on every rank when ``flag`` is true on at least one (e.g. a wall-time budget ran out)."""
+    if not info.enabled:
+        return bool(flag)
+    import torch.distributed as dist
+
+    value = torch.tensor([1.0 if flag else 0.0], device=device)
+    dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return bool(value.item() > 0)
 
 
 def broadcast_object(obj, info: DistInfo):

@@ -17,6 +17,15 @@ PRESETS: dict[str, dict] = {
                       attention_resolutions=(8,), num_res_blocks=1, norm_groups=8),
         "train": dict(lr=3e-4, batch_size=2, warmup_steps=20, ema_decay=0.995, ema_start=100, grad_clip=1.0),
     },
+    # the knee-demo architecture with what bench/pretrain.md measured to converge faster on the CPU:
+    # random 16x32x32 crops at batch 8 (the voxels of batch 2 of whole inputs); same architecture, so
+    # `--init` from the knee-demo backbones works
+    "knee-demo-crops": {
+        "model": dict(image_size=64, depth_size=16, num_channels=16, channel_mult=(1, 2, 2, 4),
+                      attention_resolutions=(8,), num_res_blocks=1, norm_groups=8),
+        "train": dict(lr=3e-4, batch_size=8, warmup_steps=20, ema_decay=0.995, ema_start=100, grad_clip=1.0,
+                      crop=(16, 32, 32)),
+    },
     # for unit tests: 8x16x16 input, 2 levels (about 30 k parameters)
     "tiny": {
         "model": dict(image_size=16, depth_size=8, num_channels=8, channel_mult=(1, 2),

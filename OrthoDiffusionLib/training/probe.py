@@ -7,22 +7,23 @@ L2-logistic regression (sklearn, C = 1) predicts one finding from one plane's ve
 three planes concatenated; the score is the AUROC of stratified k-fold cross-validation (out-of-fold
 predictions, repeated with several fold seeds; mean ± sd over the repeats).
 
-    python -m OrthoDiffusionLib.training.probe --manifest build/probe-synth/manifest.csv \
+    orthodiffusion probe --manifest build/probe-synth/manifest.csv \
         --backbones Resources/Models/knee-demo --finding EFFU --out probe.json
+
+(the command line lives in ``cli/pretrain.py``). Research use, not for clinical decisions.
 """
 
 from __future__ import annotations
 
-import argparse
 import csv
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
 import torch
 
-PLANES = ("sagittal", "coronal", "axial")
+from .. import DISCLAIMER
+from ..planes import PLANES
 
 
 def _noise(shape, key: str) -> torch.Tensor:
@@ -106,7 +107,7 @@ def run_probe(manifest: Path, backbones: Path, finding: str = "EFFU", t: int = 1
     ids, inputs, rows = cached_inputs(Path(manifest), cfg.depth_size, cfg.image_size, inputs_cache)
     y = np.array([int(r[finding]) for r in rows])
     result = {"finding": finding, "n_cases": len(y), "n_positive": int(y.sum()), "t": t, "block": block,
-              "folds": folds, "repeats": repeats, "manifest": str(manifest), "auroc": {}}
+              "folds": folds, "repeats": repeats, "manifest": str(manifest), "auroc": {}, "disclaimer": DISCLAIMER}
     feats = {}
     for name in ("pretrained", "random_init"):
         per_plane = []
@@ -121,25 +122,3 @@ def run_probe(manifest: Path, backbones: Path, finding: str = "EFFU", t: int = 1
         feats[name] = np.concatenate(per_plane, axis=1)
         result["auroc"][name]["all_planes"] = cv_auroc(feats[name], y, folds, repeats)
     return result
-
-
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description="linear probe: pretrained vs random-init backbones")
-    ap.add_argument("--manifest", required=True, type=Path)
-    ap.add_argument("--backbones", required=True, type=Path, help="folder with sagittal/coronal/axial.safetensors")
-    ap.add_argument("--finding", default="EFFU")
-    ap.add_argument("--t", type=int, default=100)
-    ap.add_argument("--block", default="mid_2")
-    ap.add_argument("--out", type=Path, default=None)
-    ap.add_argument("--inputs-cache", type=Path, default=None, help=".npz of the preprocessed inputs (written if absent)")
-    a = ap.parse_args(argv)
-    res = run_probe(a.manifest, a.backbones, a.finding, a.t, a.block, inputs_cache=a.inputs_cache)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if a.out:
-        a.out.write_text(text + "\n", encoding="utf-8")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -66,3 +66,17 @@ def test_batch_stream_resumes_by_skipping():
     assert [part.next() for _ in range(3)] == seq[4:]
     r0, r1 = BatchStream(5, 2, seed=3, rank=0, world_size=2), BatchStream(5, 2, seed=3, rank=1, world_size=2)
     assert r0.next() != r1.next()
+
+
+def test_loading_in_worker_processes_gives_the_same_volumes(tmp_path):
+    (tmp_path / "vols").mkdir()
+    for i in range(3):
+        sitk.WriteImage(_sag_image(i), str(tmp_path / "vols" / f"v{i}.nii.gz"))
+    sitk.WriteImage(_sag_image(9, echoes=2), str(tmp_path / "vols" / "w_4d.nii.gz"))
+    serial = load_plane_volumes([tmp_path / "vols"], "coronal", 8, (16, 16))
+    pooled = load_plane_volumes([tmp_path / "vols"], "coronal", 8, (16, 16), workers=2)
+    assert [it.name for it in pooled] == [it.name for it in serial] and len(serial) == 5
+    assert all(np.array_equal(a.array, b.array) for a, b in zip(serial, pooled))
+    with pytest.raises(InputError, match="cannot read"):  # a worker's one-line error reaches the caller
+        (tmp_path / "vols" / "x_broken.nii.gz").write_bytes(b"not an image")
+        load_plane_volumes([tmp_path / "vols"], "coronal", 8, (16, 16), workers=2)
