@@ -4,7 +4,7 @@ its most linearly separable features for the findings of a labelled cohort.
 Per plane, every case goes through ONE feature extraction: all timesteps in batched forward
 passes that stop after the deepest requested block (``FeatureExtractor``), one seeded noise draw.
 Each (t, block) activation is globally average-pooled to a C-vector, and a standardised
-L2-logistic regression (``training.probe.make_probe``) is fitted per finding:
+L2-logistic regression (``evaluation.probe.make_probe``) is fitted per finding:
 
 - manifest with ``train`` rows and ``val`` (else ``test``) rows: fit on train, score on val/test;
 - otherwise: patient-grouped, multi-label-stratified k-fold (``heads.stratify``), out-of-fold
@@ -72,7 +72,7 @@ def pooled_plane_features(rows, plane: str, backbone, sha: str, timesteps, block
 
 
 def _fit_predict(X_train, y_train, X_eval) -> np.ndarray | None:
-    from ..training.probe import make_probe
+    from ..evaluation.probe import make_probe
 
     known = ~np.isnan(y_train)
     y = y_train[known].astype(int)

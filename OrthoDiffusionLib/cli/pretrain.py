@@ -112,7 +112,8 @@ def register(subparsers) -> None:
     pr.add_argument("--t", type=int, default=100)
     pr.add_argument("--block", default="mid_2")
     pr.add_argument("--out", default=None, help="write the result JSON here too")
-    pr.add_argument("--inputs-cache", default=None, help=".npz of the preprocessed inputs (written if absent)")
+    pr.add_argument("--cache", default=None,
+                    help="feature cache folder for the pretrained weights' features (default: none)")
     pr.set_defaults(func=run_probe)
 
 
@@ -190,10 +191,9 @@ def run_probe(args: argparse.Namespace) -> int:
     import json
     from pathlib import Path
 
-    from ..training.probe import run_probe as probe
+    from ..evaluation.probe import run_probe as probe
 
-    res = probe(Path(args.manifest), Path(args.backbones), args.finding, args.t, args.block,
-                inputs_cache=Path(args.inputs_cache) if args.inputs_cache else None)
+    res = probe(Path(args.manifest), Path(args.backbones), args.finding, args.t, args.block, cache=args.cache)
     text = json.dumps(res, indent=1)
     print(text)
     if args.out:

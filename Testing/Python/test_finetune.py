@@ -40,7 +40,8 @@ def _edit_and_save(result_dir, store):
     """Real MRML: load the result as a segmentation, empty the patella segment, flip one finding."""
     slicer = pytest.importorskip("slicer")
     from OrthoDiffusionLib.mrml.corrections import save_correction
-    from OrthoDiffusionLib.mrml.headless import headless_scene, util_globals
+    from OrthoDiffusionLib.mrml.headless import headless_scene
+    from slicer_util_globals import util_globals
     from OrthoDiffusionLib.mrml.segmentation import load_result_segmentation
     from OrthoDiffusionLib.mrml.volumes import load_volume
     from OrthoDiffusionLib.results.folder import read_result_folder

@@ -39,7 +39,7 @@ def env(demo):
 @pytest.fixture()
 def util_shims(env):
     """slicer.util segment helpers read the app globals; point them at this scene for the test."""
-    from OrthoDiffusionLib.mrml.headless import util_globals
+    from slicer_util_globals import util_globals
 
     with util_globals(env[0], env[1]):
         yield

@@ -34,7 +34,7 @@ def _tree_sha(root):
 
 def _erase_segment(scene, logics, seg_node, name, reference):
     """What a Segment Editor erase does, through slicer.util's segment helpers (app globals shimmed)."""
-    from OrthoDiffusionLib.mrml.headless import util_globals
+    from slicer_util_globals import util_globals
 
     with util_globals(scene, logics):
         sid = seg_node.GetSegmentation().GetSegmentIdBySegmentName(name)

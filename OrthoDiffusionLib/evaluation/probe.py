@@ -1,8 +1,9 @@
 """Linear probe of pretrained vs randomly initialised backbones on the synthetic test bed.
 
-Protocol (identical for both weight sets): each plane volume of a case → ``released`` preprocessing
-to the backbone input → q_sample at t (default 100) with noise seeded per (case, plane) → the
-``mid_2`` activation → global average pooling → one C-dim vector per plane. A standardised
+Protocol (identical for both weight sets): each plane volume of a case through the library's one
+feature path (``features.plane``: ``released`` preprocessing, q_sample at t (default 100) with the
+noise seeded per case content and plane, the ``mid_2`` activation) → global average pooling → one
+C-dim vector per plane. A standardised
 L2-logistic regression (sklearn, C = 1) predicts one finding from one plane's vector or from the
 three planes concatenated; the score is the AUROC of stratified k-fold cross-validation (out-of-fold
 predictions, repeated with several fold seeds; mean ± sd over the repeats).
@@ -16,7 +17,6 @@ predictions, repeated with several fold seeds; mean ± sd over the repeats).
 from __future__ import annotations
 
 import csv
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -24,42 +24,34 @@ import torch
 
 from .. import DISCLAIMER
 from ..planes import PLANES
+from .classification import auroc
 
 
-def _noise(shape, key: str) -> torch.Tensor:
-    seed = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
-    return torch.randn(shape, generator=torch.Generator().manual_seed(seed))
-
-
-def load_inputs(manifest: Path, depth: int, size: int) -> tuple[list[str], dict[str, np.ndarray], list[dict]]:
-    from ..io.preprocess import preprocess
+def load_inputs(manifest: Path, config) -> tuple[list[str], dict[str, list], list[dict]]:
+    """(case ids, plane -> [PlaneInput], manifest rows): every case's planes on ``config``'s grid."""
+    from ..features.plane import prepare_plane
     from ..io.volumes import read_volume_file
 
     with open(manifest, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
-    ids, arrays = [], {p: [] for p in PLANES}
+    ids, inputs = [], {p: [] for p in PLANES}
     for row in rows:
         ids.append(row.get("study_id") or str(len(ids)))
         for plane in PLANES:
             image, _ = read_volume_file(manifest.parent / row[plane])
-            arr, _ = preprocess(image, mode="released", plane=plane, depth=depth, size=(size, size))
-            arrays[plane].append(arr)
-    return ids, {p: np.stack(v) for p, v in arrays.items()}, rows
+            inputs[plane].append(prepare_plane(image, plane, config, "released"))
+    return ids, inputs, rows
 
 
-@torch.no_grad()
-def pooled_features(model, x: np.ndarray, ids: list[str], plane: str, t: int, block: str) -> np.ndarray:
-    from ..backbone.schedule import CosineSchedule
+def pooled_features(model, inputs: list, plane: str, t: int, block: str, backbone_sha256: str,
+                    cache=None) -> np.ndarray:
+    """[cases, C] globally average-pooled ``block`` features at timestep ``t`` (one seeded draw)."""
+    from ..features import FeatureSpec
+    from ..features.plane import plane_features, single_features
 
-    sched = CosineSchedule(model.config.timesteps)
-    out = []
-    for i, arr in enumerate(x):
-        x0 = torch.from_numpy(arr)[None, None]
-        tt = torch.tensor([t])
-        xt = sched.q_sample(x0, tt, _noise(x0.shape, f"{ids[i]}|{plane}|{t}"))
-        _, got = model.eval()(xt, tt, taps=[block])
-        out.append(got[block].mean(dim=(2, 3, 4))[0].numpy())
-    return np.stack(out)
+    spec = FeatureSpec(timesteps=(t,), blocks=(block,), n_draws=1, preprocessing="released")
+    return np.stack([single_features(plane_features((model, backbone_sha256), x, spec, cache))[0].mean(dim=(1, 2, 3)).numpy()
+                     for x in inputs])
 
 
 def make_probe(c: float = 1.0):
@@ -72,7 +64,6 @@ def make_probe(c: float = 1.0):
 
 
 def cv_auroc(X: np.ndarray, y: np.ndarray, folds: int = 5, repeats: int = 5) -> tuple[float, float]:
-    from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
     scores = []
@@ -80,31 +71,27 @@ def cv_auroc(X: np.ndarray, y: np.ndarray, folds: int = 5, repeats: int = 5) -> 
         clf = make_probe()
         cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=r)
         p = cross_val_predict(clf, X, y, cv=cv, method="predict_proba")[:, 1]
-        scores.append(roc_auc_score(y, p))
+        scores.append(auroc(y, p))
     return float(np.mean(scores)), float(np.std(scores))
 
 
-def cached_inputs(manifest: Path, depth: int, size: int, cache: Path | None):
-    """load_inputs, optionally stored in / read from an .npz (preprocessing dominates the probe's time)."""
-    if cache is not None and Path(cache).is_file():
-        z = np.load(cache, allow_pickle=False)
-        with open(manifest, newline="", encoding="utf-8") as f:
-            rows = list(csv.DictReader(f))
-        return [str(v) for v in z["ids"]], {p: z[p] for p in PLANES}, rows
-    ids, inputs, rows = load_inputs(Path(manifest), depth, size)
-    if cache is not None:
-        np.savez(cache, ids=np.array(ids), **inputs)
-    return ids, inputs, rows
-
-
 def run_probe(manifest: Path, backbones: Path, finding: str = "EFFU", t: int = 100, block: str = "mid_2",
-              folds: int = 5, repeats: int = 5, init_seed: int = 0, inputs_cache: Path | None = None) -> dict:
+              folds: int = 5, repeats: int = 5, init_seed: int = 0, cache: str | None = None) -> dict:
+    """``cache``: a feature cache folder, used for the pretrained weights only (random weights are
+    rebuilt each run)."""
     from ..backbone.checkpoints import load_backbone
     from ..backbone.unet import DiffusionUNet
 
+    from ..storage import sha256_file
+
     models = {p: load_backbone(backbones / f"{p}.safetensors")[0] for p in PLANES}
-    cfg = models["sagittal"].config
-    ids, inputs, rows = cached_inputs(Path(manifest), cfg.depth_size, cfg.image_size, inputs_cache)
+    shas = {p: sha256_file(backbones / f"{p}.safetensors") for p in PLANES}
+    ids, inputs, rows = load_inputs(Path(manifest), models["sagittal"].config)
+    feature_cache = None
+    if cache is not None:
+        from ..features import FeatureCache
+
+        feature_cache = FeatureCache(cache)
     y = np.array([int(r[finding]) for r in rows])
     result = {"finding": finding, "n_cases": len(y), "n_positive": int(y.sum()), "t": t, "block": block,
               "folds": folds, "repeats": repeats, "manifest": str(manifest), "auroc": {}, "disclaimer": DISCLAIMER}
@@ -113,11 +100,11 @@ def run_probe(manifest: Path, backbones: Path, finding: str = "EFFU", t: int = 1
         per_plane = []
         for plane in PLANES:
             if name == "pretrained":
-                model = models[plane]
+                model, sha, plane_cache = models[plane], shas[plane], feature_cache
             else:
                 torch.manual_seed(init_seed)
-                model = DiffusionUNet(models[plane].config)
-            per_plane.append(pooled_features(model, inputs[plane], ids, plane, t, block))
+                model, sha, plane_cache = DiffusionUNet(models[plane].config), "random-init", None
+            per_plane.append(pooled_features(model, inputs[plane], plane, t, block, sha, plane_cache))
             result["auroc"].setdefault(name, {})[plane] = cv_auroc(per_plane[-1], y, folds, repeats)
         feats[name] = np.concatenate(per_plane, axis=1)
         result["auroc"][name]["all_planes"] = cv_auroc(feats[name], y, folds, repeats)
