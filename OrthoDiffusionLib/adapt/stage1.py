@@ -57,7 +57,7 @@ class _TailWithHead(nn.Module):
         return h
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.head(self.features(h))
+        return self.head(self.features(h.to(self.emb.device)))
 
 
 def _prefix_activations(rows, plane, backbone, fspec, first_block, preprocessing, with_labels, progress):
@@ -81,8 +81,8 @@ def _prefix_activations(rows, plane, backbone, fspec, first_block, preprocessing
             target = network_labels(rows[i], plane, ready.transform) if with_labels else None
             if with_labels and target is None:
                 continue
-            x_t = noised_input(ready.array, ready.content_hash, plane, fspec.seed, t, schedule)
-            acts.append(run_blocks(backbone, x_t, emb, prefix)[0].clone())
+            x_t = noised_input(ready.array, ready.content_hash, plane, fspec.seed, t, schedule).to(emb.device)
+            acts.append(run_blocks(backbone, x_t, emb, prefix)[0].cpu().clone())  # kept on the CPU
             index.append(i)
             targets.append(target)
             if len(acts) == 1 and acts[0].numel() * 4 * len(rows) > PREFIX_BUDGET_BYTES:
@@ -153,11 +153,12 @@ def finetune_diagnosis_encoder(rows, labels, groups, plane, backbone, base_sha, 
     try:
         torch.manual_seed(cfg.seed)
         with torch.no_grad():
-            channels = _TailWithHead(backbone, blocks, emb, nn.Identity()).features(acts[:1]).shape[1]
-        tail = _TailWithHead(backbone, blocks, emb, PlaneExpert(channels, y.shape[1]))
+            channels = _TailWithHead(backbone, blocks, emb, nn.Identity())(acts[:1]).shape[1]
+        tail = _TailWithHead(backbone, blocks, emb, PlaneExpert(channels, y.shape[1]).to(emb.device))
         sub_groups = None if groups is None else [groups[i] for i in index]
         train, val = validation_split(y.numpy(), cfg, sub_groups)
-        history = _train(tail, lambda idx: masked_bce(tail(acts[idx]), y[idx]), train, val, cfg, plane, progress)
+        history = _train(tail, lambda idx: masked_bce(tail(acts[idx]), y[idx].to(emb.device)), train, val, cfg,
+                         plane, progress)
     finally:
         restore()
     return _finish(backbone, base_sha, plane, blocks, tail, history, work_dir, index)
@@ -181,17 +182,18 @@ def finetune_segmentation_encoder(rows, annotated, plane, backbone, base_sha, fs
     try:
         torch.manual_seed(cfg.seed)
         with torch.no_grad():
-            shape = _TailWithHead(backbone, blocks, emb, nn.Identity()).features(acts[:1]).shape
+            shape = _TailWithHead(backbone, blocks, emb, nn.Identity())(acts[:1]).shape
         decoder = SegmentationDecoder(shape[1], n_classes, list(shape[2:]), list(targets.shape[1:]), min_channels=16)
-        tail = _TailWithHead(backbone, blocks, emb, decoder)
+        tail = _TailWithHead(backbone, blocks, emb, decoder.to(emb.device))
         loss = PartialLabelSegLoss(0.2, -1)
         train, val = validation_split(mask[:, 1:].float().numpy(), cfg)
-        history = _train(tail, lambda idx: loss(tail(acts[idx]), targets[idx], mask[idx]), train, val, cfg, plane,
-                         progress)
+        dev = emb.device
+        history = _train(tail, lambda idx: loss(tail(acts[idx]), targets[idx].to(dev), mask[idx].to(dev)), train, val,
+                         cfg, plane, progress)
     finally:
         restore()
     fit = _finish(backbone, base_sha, plane, blocks, tail, history, work_dir, index)
-    fit.decoder = decoder.eval()
+    fit.decoder = decoder.cpu().eval()  # heads run on the CPU (cached features)
     return fit
 
 

@@ -114,7 +114,8 @@ def effective_sha256(base_sha256: str, encoder_file_sha256: str) -> str:
 
 def time_embedding(model: DiffusionUNet, t: int) -> torch.Tensor:
     """[1, emb] embedding of timestep ``t`` (the frozen time_embed; fixed per feature spec)."""
-    return model.time_embed(timestep_embedding(torch.tensor([int(t)]), model.config.num_channels))
+    device = next(model.parameters()).device
+    return model.time_embed(timestep_embedding(torch.tensor([int(t)], device=device), model.config.num_channels))
 
 
 def run_blocks(model: DiffusionUNet, h: torch.Tensor, emb: torch.Tensor, blocks) -> torch.Tensor:

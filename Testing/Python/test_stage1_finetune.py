@@ -237,6 +237,10 @@ def test_corrections_finetune_and_predict_on_a_finetuned_head_set(fitted):
 def test_rollback_after_a_finetuned_fit_restores_outputs_exactly(fitted, capsys):
     from OrthoDiffusionLib.cli.main import main
 
+    assert main(["finetune", "--model", str(fitted.model), "--list", "--json"]) == 0
+    rows = {r["version"]: r for r in json.loads(capsys.readouterr().out.strip().splitlines()[-1])["versions"]}
+    assert rows["v0001"]["encoders"] == [] and rows["v0002"]["encoders"] == sorted(PLANES)
+    assert rows["v0001"]["replay"] and rows["v0002"]["replay"]
     assert main(["finetune", "--model", str(fitted.model), "--rollback", "v0001", "--json"]) == 0
     assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["version"] == "v0001"
     back = _predict(fitted.root, fitted.case, fitted.root / "pred_rollback")
