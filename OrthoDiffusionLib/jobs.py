@@ -39,8 +39,18 @@ class FitJob:
     parent: str | None = None            # recorded parent version; default: the store's current
     replay: int = 48                     # training cases kept in the version for fine-tune replay (0: none)
     threads: int | None = None           # CPU budget (expert worker processes, decoder threads); None: all cores
+    finetune_backbone: bool = False      # Stage I: train each plane's encoder with the task's head first
+    unfreeze: int = 3                    # Stage I: trainable blocks up to the feature block (3: mid_0..mid_2)
+    finetune_epochs: int = 20            # Stage I: at most this many epochs (early stopping)
 
     def validate(self) -> None:
+        if self.finetune_backbone and self.task == "all":
+            raise UserError("--finetune-backbone trains the encoders with one task's head: give --task diagnosis "
+                            "or --task segmentation")
+        if self.unfreeze < 1:
+            raise UserError(f"--unfreeze must be ≥ 1, got {self.unfreeze}")
+        if not 1 <= self.finetune_epochs <= 1000:
+            raise UserError(f"--finetune-epochs must be between 1 and 1000, got {self.finetune_epochs}")
         if self.threads is not None and self.threads < 1:
             raise UserError(f"--threads must be ≥ 1, got {self.threads}")
         if self.replay < 0:

@@ -95,14 +95,19 @@ def _reload_study(pred: dict, case_id: str):
     return load_study(inputs, echo=job.get("echo"), reformat=job.get("reformat"), planes=planes)
 
 
-def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: dict, device, case_id: str, log):
-    """Re-run only the backbones of ``planes`` (to the needed block) and fill the cache."""
+def _recompute_features(pred: dict, planes: list, spec, cache, backbone_shas: dict, device, case_id: str, log,
+                        head_store=None, head_manifest=None):
+    """Re-run only the backbones of ``planes`` (to the needed block; with the head set's fine-tuned
+    encoders) and fill the cache."""
     from ..features.plane import plane_features, prepare_plane, single_features
-    from ..models.loading import load_backbones
+    from ..models.loading import load_backbones, load_backbones_for_heads
 
     log(f"[features] {case_id}: {', '.join(planes)} not in the cache; running the backbone")
     study = _reload_study(pred, case_id)
-    backbones = load_backbones(spec, planes=planes, device=device)
+    if (head_manifest or {}).get("encoders"):
+        backbones = load_backbones_for_heads(spec, head_store, head_manifest, planes=planes, device=device)
+    else:
+        backbones = load_backbones(spec, planes=planes, device=device)
     out = {}
     for plane in planes:
         model, sha = backbones[plane]
@@ -146,16 +151,21 @@ def _ehr_of(pred: dict):
 
 
 def load_corrected_case(entry, corrections, spec, head_manifest, seg_plane, out_shape, finding_keys, cache_dir,
-                        device, log) -> CorrectedCase:
+                        device, log, head_store=None) -> CorrectedCase:
+    """``head_store``: the folder of the head set (needed to re-run its fine-tuned encoders when
+    the cache lacks a case's features)."""
     from ..features import FeatureCache
+    from ..models.loading import effective_backbone_shas
 
     pred = _prediction_of(entry)
     backbone_shas = (pred.get("model") or {}).get("backbones") or {}
-    want = head_manifest.get("backbones") or {}
+    # the encoder that makes the head set's features (published, or its Stage-I fine-tuned one)
+    want = effective_backbone_shas(head_manifest)
     for plane, sha in want.items():
         if plane in backbone_shas and backbone_shas[plane] != sha:
-            raise UserError(f"case {entry.case_id} was predicted with another {plane} backbone than the current "
-                            f"heads use; predict it again with model {spec.id}, save the correction, then fine-tune")
+            raise UserError(f"case {entry.case_id} was predicted with another {plane} backbone or encoder than the "
+                            f"current heads use; predict it again with model {spec.id}, save the correction, then "
+                            f"fine-tune")
     planes = [p for p in PLANES if p in pred["inputs"] and p in spec.planes and p in backbone_shas]
     cache = FeatureCache(cache_dir or (pred.get("job") or {}).get("cache"))
     feats, missing = {}, []
@@ -167,7 +177,8 @@ def load_corrected_case(entry, corrections, spec, head_manifest, seg_plane, out_
             feats[plane] = x
     study = None
     if missing:
-        more, study = _recompute_features(pred, missing, spec, cache, backbone_shas, device, entry.case_id, log)
+        more, study = _recompute_features(pred, missing, spec, cache, backbone_shas, device, entry.case_id, log,
+                                          head_store, head_manifest)
         feats.update(more)
     labels_img, findings = corrections.load(entry)
     target = None

@@ -44,12 +44,18 @@ def _base_manifest(manifest: dict) -> dict:
     return {k: v for k, v in manifest.items() if k not in drop}
 
 
-def _ensure_user_base(user_store, base_store, base_heads, base_manifest, replay_path, log) -> str:
+def _extra_files(store, manifest: dict) -> dict | None:
+    """Every extra file of a version (replay sample, Stage-I encoders), verified, to carry into the
+    next version unchanged: the heads stay paired with the encoders their features come from."""
+    names = sorted(manifest.get("files") or {})
+    return {name: store.extra_file(name, manifest["version"]) for name in names} or None
+
+
+def _ensure_user_base(user_store, base_store, base_heads, base_manifest, files, log) -> str:
     """The version to record as parent in the user store; on the first fine-tune, a copy of the
-    current shipped version (identical weights) so that rollback can return to it."""
+    current shipped version (identical weights and extra files) so that rollback can return to it."""
     if user_store.current():
         return user_store.current()
-    files = {replay_path.name: replay_path} if replay_path is not None else None
     manifest = {**_base_manifest(base_manifest),
                 "imported_from": {"store": str(base_store), "version": base_manifest.get("version"),
                                   "weights_sha256": base_manifest.get("weights_sha256")}}
@@ -120,7 +126,7 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
             if not corrections.verify(e):
                 raise InputError(f"correction {e.directory} does not match its recorded sha256; it was changed")
             cases.append(load_corrected_case(e, corrections, spec, manifest, seg_plane, out_shape, finding_keys,
-                                             job.cache, device, log))
+                                             job.cache, device, log, head_store=base_dir))
             log(f"  {e.case_id}: planes {', '.join(cases[-1].features)}")
 
         timer.start("finetune", f"from {base_dir} {manifest['version']}, {job.epochs} step(s)")
@@ -165,7 +171,8 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
             c.metrics["probabilities_after"] = finding_probabilities(heads, mpae, c)
 
         timer.start("writing", str(user_store.root))
-        parent = _ensure_user_base(user_store, base_dir, heads, manifest, replay_path, log)
+        carried_files = _extra_files(base, manifest)
+        parent = _ensure_user_base(user_store, base_dir, heads, manifest, carried_files, log)
         summary = {
             "disclaimer": DISCLAIMER,
             "model": {"id": spec.id, "version": spec.version},
@@ -194,8 +201,7 @@ def _finetune(job: FinetuneJob, log, progress: bool) -> dict:
                             + ("made current anyway (--accept-worse)" if job.accept_worse else
                                "saved, but the parent stays current (--accept-worse, or a rollback to it, uses it)"))
         new_manifest = {**_base_manifest(manifest), "finetune": summary}
-        files = {REPLAY_FILE: replay_path} if replay_path is not None else None
-        version = user_store.save(new_heads, new_manifest, parent=parent, files=files,
+        version = user_store.save(new_heads, new_manifest, parent=parent, files=carried_files,
                                   make_current=guard["made_current"])
     stages = timer.finish()
     summary.update(version=version, parent=parent, store=str(user_store.root),

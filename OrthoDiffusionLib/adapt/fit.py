@@ -3,12 +3,19 @@ EHR columns) and segmentation (one plane's decoder on that plane's network grid,
 from ``annotated_classes``). Metrics on the manifest's ``val`` split go into the head manifest.
 The version also keeps a small replay sample of the training cases (``heads.replay``) for
 ``orthodiffusion finetune``.
+
+With ``finetune_backbone`` (Stage I, ``adapt.stage1``) the encoders are trained with the task's
+head first; their files (only the unfrozen blocks' tensors) go into the version next to the
+weights (``encoders`` in the manifest, sha256 in ``files``), and every head is fitted on the
+features of those encoders (cache keys name the effective encoder).
 """
 
 from __future__ import annotations
 
 import math
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -52,12 +59,42 @@ def fit_heads(job: FitJob, log=print, progress: bool = True) -> dict:
     # other jobs, --threads 1 avoids oversubscription.
     torch.set_num_threads(job.threads or cpu_cores())
     try:
-        return _fit_heads(job, log, progress)
+        with tempfile.TemporaryDirectory(prefix="orthodiffusion-fit-") as work:  # Stage-I encoder files
+            return _fit_heads(job, log, progress, Path(work))
     finally:
         torch.set_num_threads(threads_before)
 
 
-def _fit_heads(job: FitJob, log, progress: bool) -> dict:
+def _changed_planes(backbones: dict, parent_manifest: dict, published: dict) -> list:
+    """Planes whose features (the encoder that makes them) differ from the parent head set's."""
+    from ..models.loading import effective_backbone_shas
+
+    before = effective_backbone_shas(parent_manifest) if parent_manifest else {}
+    return [p for p, (_, sha) in backbones.items() if sha != before.get(p, published[p])]
+
+
+def _dependent_refits(job, modules: dict, changed: list, do_diag: bool, do_seg: bool, train_rows, log):
+    """Carried-over heads that read a plane whose encoder this job changed: diagnosis heads (they
+    read every plane) are refitted, a segmentation head is refitted when the manifest has its
+    label maps, else dropped. Returns (modules, do_diag, do_seg)."""
+    if not changed or not modules:
+        return modules, do_diag, do_seg
+    if not do_diag and ("mpae" in modules or "ehr" in modules):
+        log(f"note: the {', '.join(changed)} encoder changed; the diagnosis heads are refitted on its features")
+        do_diag = True
+    for name in [k for k in modules if k.startswith("seg_") and k[4:] in changed]:
+        plane = name[4:]
+        if plane == job.seg_plane and (do_seg or any(r.labels.get(f"labels_{plane}") for r in train_rows)):
+            if not do_seg:
+                log(f"note: the {plane} encoder changed; {name} is refitted on its features")
+            do_seg = True
+        else:
+            log(f"note: {name} dropped: it was fitted on the {plane} features of another encoder")
+            modules = {k: v for k, v in modules.items() if k != name}
+    return modules, do_diag, do_seg
+
+
+def _fit_heads(job: FitJob, log, progress: bool, work: Path) -> dict:
     from ..io.manifest import read_manifest
     from ..device import resolve_device
     from ..evaluation.classification import choose_thresholds
@@ -67,7 +104,8 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
     from ..labelsets import load_label_set
     from ..models.catalogue import get_model
     from ..features.cohort import extract_cohort
-    from ..models.loading import load_backbones
+    from ..models.loading import apply_head_encoders, load_backbones
+    from .stage1 import encoder_record, run_stage1
 
     t_start = time.perf_counter()
     spec = get_model(job.model)
@@ -92,14 +130,7 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
     device = resolve_device(job.device)
     cache = FeatureCache(job.cache)
     backbones = load_backbones(spec, device=device)
-    seg_plane = job.seg_plane if do_seg else None
-    timings = {}
-    t0 = time.perf_counter()
-    log(f"[features] {len(train_rows)} train + {len(val_rows)} val cases, planes {', '.join(backbones)}")
-    with torch.no_grad():
-        tr = extract_cohort(train_rows, spec, backbones, device, cache, seg_plane, job.seed, progress)
-        va = extract_cohort(val_rows, spec, backbones, device, cache, seg_plane, job.seed, progress) if val_rows else None
-    timings["features_s"] = round(time.perf_counter() - t0, 2)
+    published = {p: sha for p, (_, sha) in backbones.items()}
 
     store_dir = job.out or str(spec.heads_for_write())
     store = HeadStore(store_dir)
@@ -114,6 +145,45 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
             # e.g. after `sweep --write-config`: heads of other (t, block) features must not be carried over
             log("note: the parent heads were fitted on other features (t, block); only what this job fits is kept")
             modules, base_manifest = {}, {}
+        elif any((base_manifest.get("backbones") or {}).get(p, sha) != sha for p, sha in published.items()):
+            # their features (and any fine-tuned encoder) came from other published backbones
+            log("note: the parent heads were fitted on other backbones; only what this job fits is kept")
+            modules, base_manifest = {}, {}
+    # Encoders: heads carried over keep the encoders their features came from (a partial fit on a
+    # Stage-I head set); this job's Stage I replaces those of the planes it trains.
+    timings, files, encoders, stage1_decoder = {}, {}, {}, None
+    trains = (list(backbones) if job.task == "diagnosis" else [job.seg_plane]) if job.finetune_backbone else []
+    if modules and job.task != "all":
+        encoders = {p: r for p, r in (base_manifest.get("encoders") or {}).items() if p not in trains}
+        backbones = apply_head_encoders(backbones, base_dir, {**base_manifest, "encoders": encoders})
+        files = {r["file"]: HeadStore(base_dir).extra_file(r["file"], base_manifest["version"])
+                 for r in encoders.values()}
+    if job.finetune_backbone:
+        t0 = time.perf_counter()
+        log(f"[stage I] fine-tuning the last {job.unfreeze} block(s) up to the feature block of "
+            f"{', '.join(trains)} with the {job.task} head (at most {job.finetune_epochs} epochs)")
+        fits = run_stage1(job, spec, train_rows, _labels(train_rows, keys), annotated_mask(train_rows, structure_set.keys),
+                          1 + len(structure_set.keys), backbones, published, work, log, progress)
+        for fit in fits:
+            backbones[fit.plane] = (backbones[fit.plane][0], fit.effective_sha256)
+            encoders[fit.plane] = encoder_record(fit, job, published[fit.plane])
+            files[fit.path.name] = fit.path
+            if fit.decoder is not None:
+                stage1_decoder = fit.decoder
+        timings["stage1_s"] = round(time.perf_counter() - t0, 2)
+    modules, do_diag, do_seg = _dependent_refits(job, modules, _changed_planes(backbones, base_manifest, published),
+                                                 do_diag, do_seg, train_rows, log)
+
+    seg_plane = job.seg_plane if do_seg else None
+    t0 = time.perf_counter()
+    log(f"[features] {len(train_rows)} train + {len(val_rows)} val cases, planes {', '.join(backbones)}"
+        + (f" (fine-tuned encoders: {', '.join(encoders)})" if encoders else ""))
+    with torch.no_grad():
+        tr = extract_cohort(train_rows, spec, backbones, device, cache, seg_plane, job.seed, progress)
+        va = extract_cohort(val_rows, spec, backbones, device, cache, seg_plane, job.seed, progress) if val_rows else None
+    timings["features_s"] = round(time.perf_counter() - t0, 2)
+    feature_cache = {"hits": cache.hits, "misses": cache.misses}
+
     metrics = dict(base_manifest.get("metrics", {}))
     thresholds = dict(base_manifest.get("thresholds", {}))
     data_summary = {"manifest": str(manifest.path), "n_train": len(train_rows), "n_val": len(val_rows),
@@ -167,9 +237,12 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
         annotated = annotated_mask([train_rows[i] for i in idx], structure_set.keys)
         n_classes = 1 + len(structure_set.keys)
         log(f"[segment] {seg_plane} decoder on {len(idx)} label maps {tuple(targets.shape[1:])}, {n_classes} classes")
-        decoder, hist = fit_segmentation(feats, targets, n_classes, annotated,
-                                         cfg=FitConfig(lr=3e-3, batch_size=4, max_epochs=job.seg_epochs,
-                                                       patience=10, seed=job.seed))
+        if stage1_decoder is not None:  # trained with the encoder (Stage I)
+            decoder, hist = stage1_decoder, encoders[seg_plane]["history"]
+        else:
+            decoder, hist = fit_segmentation(feats, targets, n_classes, annotated,
+                                             cfg=FitConfig(lr=3e-3, batch_size=4, max_epochs=job.seg_epochs,
+                                                           patience=10, seed=job.seed))
         modules[f"seg_{seg_plane}"] = decoder
         metrics[f"segmentation_{seg_plane}_history"] = hist
         if va is not None and va.seg_targets is not None:
@@ -189,19 +262,20 @@ def _fit_heads(job: FitJob, log, progress: bool) -> dict:
         "model": {"id": spec.id, "version": spec.version},
         "feature_spec": {p: {"timestep": int(v["timestep"]), "block": v["block"], "seed": job.seed,
                              "preprocessing": spec.preprocessing} for p, v in spec.planes.items()},
-        "backbones": {p: sha for p, (_, sha) in backbones.items()},
+        "backbones": published,
+        **({"encoders": encoders} if encoders else {}),
         "segmentation_planes": sorted(k[4:] for k in modules if k.startswith("seg_")),
         "thresholds": thresholds,
         "data_summary": data_summary,
         "metrics": metrics,
         "fit_job": job.to_dict(),
         "timings": timings,
+        "feature_cache": feature_cache,
         "derived_from": None if parent else ({"store": base_dir, "version": base_manifest.get("version")}
                                              if base_manifest else None),
         "software": {"orthodiffusion": __version__, "torch": torch.__version__},
         "disclaimer": DISCLAIMER,
     }
-    files = {}
     if job.replay > 0:
         from ..heads.replay import REPLAY_FILE, build_replay, choose_replay_cases, replay_metadata
 

@@ -30,6 +30,15 @@ def register(sub) -> None:
                    help="CPU budget: worker processes for the diagnosis experts, torch threads for the "
                         "segmentation decoder (default: every core this process may use; 1 on a machine busy "
                         "with other jobs)")
+    p.add_argument("--finetune-backbone", action="store_true",
+                   help="Stage I: first train each plane's encoder (diagnosis) or the segmentation plane's "
+                        "encoder (segmentation) with the task's head, then fit the heads on its features; the "
+                        "encoder weights are saved in the head version (needs --task diagnosis or segmentation)")
+    p.add_argument("--unfreeze", type=int, default=3,
+                   help="Stage I: trainable blocks, the last N up to and including the feature block "
+                        "(default 3: mid_0..mid_2 for mid_2 features)")
+    p.add_argument("--finetune-epochs", type=int, default=20,
+                   help="Stage I: at most this many epochs, early stopping (default 20)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=_run)
 
@@ -42,7 +51,8 @@ def _run(args) -> int:
     job = FitJob(manifest=args.manifest, model=args.model, task=args.task, label_fraction=args.label_fraction,
                  folds=args.folds, seed=args.seed, out=args.out, cache=args.cache, device=args.device,
                  seg_plane=args.seg_plane, max_epochs=args.max_epochs, seg_epochs=args.seg_epochs,
-                 replay=args.replay, threads=args.threads)
+                 replay=args.replay, threads=args.threads, finetune_backbone=args.finetune_backbone,
+                 unfreeze=args.unfreeze, finetune_epochs=args.finetune_epochs)
     res = fit_heads(job, log=lambda m: print(m, flush=True), progress=not args.quiet)
     print(f"head set {res['version']} in {res['store']} ({res['seconds']} s)  [{DISCLAIMER}]")
     return 0

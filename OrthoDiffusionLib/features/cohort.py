@@ -21,6 +21,28 @@ def read_plane_image(path, plane: str):
     return load_study(planes={plane: path}, reformat=False).image(plane)
 
 
+def network_labels(row, plane: str, transform) -> torch.Tensor | None:
+    """The row's ``labels_<plane>`` map on that plane's network grid (nearest neighbour), or None."""
+    from ..io.labels import read_label_map
+
+    path = row.labels.get(f"labels_{plane}")
+    if path is None:
+        return None
+    labels = read_label_map(path)  # values outside knee-11 are refused, not trained on
+    return torch.as_tensor(transform.to_network(labels, is_label=True).astype(np.int64))
+
+
+def plane_inputs(rows, plane: str, backbone_config, preprocessing: str):
+    """Yield ``(row index, PlaneInput)`` for the rows that have ``plane`` (one at a time, so a
+    caller keeps only what it derives from each)."""
+    from .plane import prepare_plane
+
+    for i, row in enumerate(rows):
+        path = row.images.get(plane)
+        if path is not None:
+            yield i, prepare_plane(read_plane_image(path, plane), plane, backbone_config, preprocessing)
+
+
 @dataclass
 class CohortFeatures:
     study_ids: list
@@ -41,7 +63,6 @@ def extract_cohort(rows, spec, backbones: dict, device="cpu", cache=None, seg_pl
     ``backbones``: plane -> (model, sha256), as ``models.loading.load_backbones`` gives."""
     from tqdm import tqdm
 
-    from ..io.labels import read_label_map
     from .plane import plane_features, prepare_plane, single_features
 
     n = len(rows)
@@ -63,11 +84,8 @@ def extract_cohort(rows, spec, backbones: dict, device="cpu", cache=None, seg_pl
             transform = ready.transform
             present[i, j] = True
             if plane == seg_plane:
-                lab_path = row.labels.get(f"labels_{plane}")
-                if lab_path is not None:
-                    lab = read_label_map(lab_path)  # values outside knee-11 are refused, not trained on
-                    targets[i] = torch.as_tensor(transform.to_network(lab, is_label=True).astype(np.int64))
-                    has_labels[i] = True
+                targets[i] = network_labels(row, plane, transform)
+                has_labels[i] = targets[i] is not None
     features = {}
     for plane, items in per_plane.items():
         ref = next((x for x in items if x is not None), None)

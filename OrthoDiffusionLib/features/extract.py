@@ -21,6 +21,22 @@ def noise_seed(case_hash: str, plane: str, seed: int, draw: int) -> int:
     return int.from_bytes(digest[:8], "little") & 0x7FFF_FFFF_FFFF_FFFF
 
 
+def draw_noise(shape, case_hash: str, plane: str, seed: int, draw: int) -> torch.Tensor:
+    """The seeded noise of one (case, plane, seed, draw), on the CPU."""
+    g = torch.Generator(device="cpu").manual_seed(noise_seed(case_hash, plane, seed, draw))
+    return torch.randn(shape, generator=g, dtype=torch.float32)
+
+
+def noised_input(volume, case_hash: str, plane: str, seed: int, t: int, schedule: CosineSchedule,
+                 draw: int = 0) -> torch.Tensor:
+    """[1, 1, D, H, W] q_sample of a [D, H, W] network input at step ``t`` with the very noise the
+    feature path draws for (case, plane, seed, draw): what Stage-I fine-tuning trains on."""
+    x0 = torch.as_tensor(np.asarray(volume, dtype=np.float32))
+    x0 = x0[None] if x0.ndim == 3 else x0
+    noise = draw_noise(x0.shape, case_hash, plane, seed, draw)
+    return schedule.q_sample(x0[None], torch.tensor([int(t)]), noise[None])
+
+
 @dataclass(frozen=True)
 class FeatureSpec:
     """Which features to take: timesteps × blocks, noise seed, and K noise draws."""
@@ -63,8 +79,7 @@ class FeatureExtractor:
                 raise ValueError(f"timestep {t} outside [0, {self.schedule.timesteps - 1}]")
 
     def _noise(self, shape, case_hash, plane, seed, draw) -> torch.Tensor:
-        g = torch.Generator(device="cpu").manual_seed(noise_seed(case_hash, plane, seed, draw))
-        return torch.randn(shape, generator=g, dtype=torch.float32)
+        return draw_noise(shape, case_hash, plane, seed, draw)
 
     @torch.inference_mode()
     def _compute(self, x0: torch.Tensor, jobs: list[tuple[int, int]], spec: FeatureSpec, case_hash, plane):

@@ -53,9 +53,11 @@ def validation_split(labels: np.ndarray, cfg, groups=None) -> tuple[np.ndarray, 
 
 
 def train_module(module: nn.Module, loss_on: Callable[[np.ndarray], torch.Tensor], train_idx: np.ndarray,
-                 val_idx: np.ndarray, cfg: FitConfig, parameters=None) -> dict:
+                 val_idx: np.ndarray, cfg: FitConfig, parameters=None,
+                 on_epoch: Callable[[int, float], None] | None = None) -> dict:
     """AdamW on minibatches of ``train_idx``; early stopping on the loss over ``val_idx`` (training
-    loss when there is no validation set). Restores the best weights. Returns a history dict."""
+    loss when there is no validation set). Restores the best weights. Returns a history dict.
+    ``on_epoch(epoch, monitored loss)`` is called after each epoch (progress bars)."""
     generator = torch.Generator().manual_seed(cfg.seed)
     optimiser = torch.optim.AdamW(parameters if parameters is not None else module.parameters(),
                                   lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -71,6 +73,8 @@ def train_module(module: nn.Module, loss_on: Callable[[np.ndarray], torch.Tensor
         module.eval()
         with torch.no_grad():
             current = float(loss_on(monitor))
+        if on_epoch is not None:
+            on_epoch(epoch, current)
         if current < best - 1e-6:
             best, best_epoch, best_state = current, epoch, copy.deepcopy(module.state_dict())
         elif epoch - best_epoch >= cfg.patience:

@@ -13,6 +13,8 @@ Layout::
                                 files {name: {sha256, bytes}} (extra files, e.g. the replay sample)
           replay.safetensors    optional: a small sample of the training cases' features and
                                 targets, replayed by ``orthodiffusion finetune`` against forgetting
+          encoder_<plane>.safetensors  optional: Stage-I fine-tuned encoder blocks
+                                (``backbone.encoder``; described in the manifest's ``encoders``)
 
 A version is written completely in a hidden temporary folder and renamed into place under the
 lock, so it appears whole or not at all and is never overwritten. ``rollback`` only moves the

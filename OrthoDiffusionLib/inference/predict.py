@@ -227,7 +227,10 @@ def provenance_of(job: PredictJob, loaded: LoadedModel, planes: dict, seed: int,
                   "backbones": {p: sha for p, (_, sha) in loaded.backbones.items()},
                   "heads": {"store": str(loaded.head_store), "version": hman.get("version"),
                             "weights_sha256": hman.get("weights_sha256"),
-                            "fitted_on_synthetic": bool((hman.get("data_summary") or {}).get("synthetic"))}},
+                            "fitted_on_synthetic": bool((hman.get("data_summary") or {}).get("synthetic"))},
+                  # Stage-I fine-tuned encoders of the head set: "backbones" above are then their effective ids
+                  **({"encoders": {p: {"file": r["file"], "blocks": r["blocks"], "base_sha256": r["base_sha256"]}
+                                   for p, r in hman["encoders"].items()}} if hman.get("encoders") else {})},
         "feature_spec": {p: {**spec.planes[p], "draws": job.draws, "seed": seed, "preprocessing": spec.preprocessing}
                          for p in planes},
         "inputs": {p: {"source": pd.source, "reformatted": pd.reformatted, "content_hash": pd.content_hash,

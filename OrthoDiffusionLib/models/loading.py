@@ -46,6 +46,52 @@ def load_backbones(spec, planes=None, device="cpu") -> dict:
     return out
 
 
+def effective_backbone_shas(manifest: dict) -> dict:
+    """plane -> sha256 naming the backbone a head set's features come from: the published
+    backbone's, or, for a Stage-I fine-tuned encoder, the id derived from it and the sha256 of the
+    encoder file recorded in the (verified) manifest."""
+    from ..backbone.encoder import effective_sha256
+    from ..errors import CheckpointError
+
+    shas = dict(manifest.get("backbones") or {})
+    files = manifest.get("files") or {}
+    for plane, record in (manifest.get("encoders") or {}).items():
+        file_sha = (files.get(record["file"]) or {}).get("sha256")
+        if not file_sha:
+            raise CheckpointError(f"head set {manifest.get('version')}: encoder file {record['file']} is not listed "
+                                  f"in its manifest's files")
+        shas[plane] = effective_sha256(record["base_sha256"], file_sha)
+    return shas
+
+
+def apply_head_encoders(backbones: dict, store, manifest: dict) -> dict:
+    """``backbones`` (plane -> (model, sha256) of the published backbones) with the head set's
+    fine-tuned encoders loaded into the models in place; their sha256 become the effective ids."""
+    from ..backbone.encoder import apply_encoder
+    from ..heads import HeadStore
+
+    encoders = manifest.get("encoders") or {}
+    if not encoders:
+        return backbones
+    effective = effective_backbone_shas(manifest)
+    out = dict(backbones)
+    for plane, record in encoders.items():
+        if plane not in out:
+            continue
+        model, sha = out[plane]
+        if sha != record["base_sha256"]:
+            raise UserError(f"head set {manifest.get('version')}: its {plane} encoder was fine-tuned from another "
+                            f"backbone (sha256 {record['base_sha256'][:12]}… vs {sha[:12]}…); refit the heads")
+        apply_encoder(model, HeadStore(store).extra_file(record["file"], manifest["version"]), sha)
+        out[plane] = (model, effective[plane])
+    return out
+
+
+def load_backbones_for_heads(spec, store, manifest: dict, planes=None, device="cpu") -> dict:
+    """The backbones a head set's features come from (published + its fine-tuned encoders)."""
+    return apply_head_encoders(load_backbones(spec, planes, device), store, manifest)
+
+
 @dataclass
 class LoadedModel:
     spec: ModelSpec
@@ -67,7 +113,8 @@ class LoadedModel:
 
 def load_model(model_id: str, device="cpu", heads_version: str | None = None) -> LoadedModel:
     """The model's backbones on ``device`` and its head set (current, or ``heads_version``), checked
-    to belong together (same backbones, same feature setting)."""
+    to belong together (same backbones, same feature setting), with the head set's fine-tuned
+    encoders applied."""
     from ..heads import load_head_set
     from .catalogue import get_model
 
@@ -87,4 +134,7 @@ def load_model(model_id: str, device="cpu", heads_version: str | None = None) ->
                             f"t={fitted['timestep']} {fitted['block']}, the model now uses "
                             f"t={spec.planes[p]['timestep']} {spec.planes[p]['block']}; refit the heads "
                             f"(orthodiffusion fit --model {spec.id} --manifest …)")
+    # Stage-I fine-tuned encoders of the head set (none for frozen-feature heads): from here on the
+    # shas are the effective ones, so cache keys and provenance name the encoder that ran.
+    backbones = apply_head_encoders(backbones, store, manifest)
     return LoadedModel(spec, backbones, heads, manifest, Path(store), device)

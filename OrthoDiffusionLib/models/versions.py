@@ -27,7 +27,10 @@ def _row(version: str, manifest: dict, current: str | None) -> dict:
     imported = manifest.get("imported_from")
     row = {"version": version, "parent": manifest.get("parent"), "created": manifest.get("created"),
            "kind": "finetune" if ft else (f"copy of {imported['version']}" if imported else "fit"),
-           "current": version == current, "replay": bool(manifest.get("files"))}
+           "current": version == current,
+           # a version's extra files may also be Stage-I encoders: the replay record names its file
+           "replay": (manifest.get("replay") or {}).get("file") in (manifest.get("files") or {}),
+           "encoders": sorted(manifest.get("encoders") or {})}
     if ft:
         row["corrections"] = [c["case_id"] for c in ft["corrections"]]
         row["cases"] = {cid: {k: c.get(k) for k in ("mean_dice_before", "mean_dice_after")}
