@@ -147,20 +147,22 @@ def segment_descriptions(labels: list[dict]):
     return out
 
 
-def write_dicom_seg(label_img, source: SourceSeries, path: str | Path, pseudonym: str | None = None) -> Path:
-    """Write ``label_img`` (knee-11 values on the source series' grid) as a BINARY DICOM SEG."""
+def write_dicom_seg(label_img, source: SourceSeries, path: str | Path, pseudonym: str | None = None,
+                    label_set: str = "knee-11") -> Path:
+    """Write ``label_img`` (values of the structure ``label_set`` on the source series' grid) as a
+    BINARY DICOM SEG."""
     import highdicom as hd
     import SimpleITK as sitk
 
     from ..labelsets import load_label_set
     from ..storage import atomic_path
 
-    labels = list(load_label_set("knee-11").labels)
+    labels = list(load_label_set(label_set).labels)
     arr = sitk.GetArrayFromImage(label_img).astype(np.uint8)   # [slice k, row, column] = frame k
     present = set(np.unique(arr).tolist()) - {0}
     unknown = present - {int(lab["value"]) for lab in labels}
     if unknown:
-        raise InputError(f"label map has values outside knee-11: {sorted(unknown)}")
+        raise InputError(f"label map has values outside {label_set}: {sorted(unknown)}")
     missing = [kw for kw in ("FrameOfReferenceUID", "ImageOrientationPatient", "PixelSpacing", "StudyInstanceUID")
                if kw not in source.datasets[0]]
     if missing:
@@ -171,9 +173,9 @@ def write_dicom_seg(label_img, source: SourceSeries, path: str | Path, pseudonym
         source_images=headers, pixel_array=arr, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
         segment_descriptions=segment_descriptions(labels), series_instance_uid=hd.UID(), series_number=9901,
         sop_instance_uid=hd.UID(), instance_number=1, manufacturer="OrthoDiffusion",
-        manufacturer_model_name="OrthoDiffusion knee-11", software_versions=__version__,
+        manufacturer_model_name=f"OrthoDiffusion {label_set}", software_versions=__version__,
         device_serial_number="none", content_label="ORTHODIFFUSION", content_description=DISCLAIMER,
-        series_description="OrthoDiffusion knee-11 segmentation (research use)")
+        series_description=f"OrthoDiffusion {label_set} segmentation (research use)")
     with atomic_path(path) as tmp:
         seg.save_as(str(tmp))
     return Path(path)

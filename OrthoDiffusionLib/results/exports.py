@@ -74,7 +74,8 @@ def _export_seg(pred, job, out: Path, pseudonym: str | None, log) -> dict:
             reason = f"the {ref} reference volume was not read from a DICOM series"
         else:
             try:
-                write_dicom_seg(pred.labels, source, out / SEG_FILE, pseudonym)
+                write_dicom_seg(pred.labels, source, out / SEG_FILE, pseudonym,
+                                label_set=pred.result.label_sets["structures"])
             except InputError as exc:
                 reason = str(exc)
             except (ValueError, TypeError, AttributeError, KeyError) as exc:  # highdicom rejects the source
