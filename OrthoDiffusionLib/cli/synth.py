@@ -92,6 +92,15 @@ def register(subparsers) -> None:
     p.add_argument("--workers", type=int, default=1, help="worker processes (default 1)")
     p.add_argument("--working-mm", type=float, default=0.8, help="working grid spacing (mm)")
     p.add_argument("--no-motion", action="store_true", help="disable motion ringing")
+    p.add_argument("--base-maps", default="a,b",
+                   help="anatomy maps to draw from: a, b or a,b (default); e.g. train on a, test on b to "
+                        "measure anatomy transfer (each case's base map is in manifest.csv and case.json)")
+    p.add_argument("--randomize", action="store_true",
+                   help="domain randomisation on top of the physics (random per-tissue intensities, bias, "
+                        "noise, blur, resolution, slice thickness, gamma, contrast inversion; docs/testbed.md); "
+                        "every drawn value goes into case.json. Off: the documented test bed, bit for bit")
+    p.add_argument("--randomize-strength", type=float, default=None, metavar="S",
+                   help="0 (physics values) .. 1 (full ranges, default); needs --randomize")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -100,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import InputError
     from ..synth.contrast import CENTERS
     from ..synth.generate import SynthConfig, synthesize_cohort
+    from ..synth.template import BASE_MAPS
 
     if args.n < 1:
         raise InputError("--n must be at least 1")
@@ -113,9 +123,22 @@ def run(args: argparse.Namespace) -> int:
     bad = [c for c in centers if c not in CENTERS]
     if bad or not centers:
         raise InputError(f"--centers: unknown {', '.join(bad) or '(none given)'} (known: {', '.join(CENTERS)})")
+    # sorted: "b,a" makes the same cohort as "a,b"
+    base_maps = tuple(sorted({b.strip().lower() for b in args.base_maps.split(",") if b.strip()}))
+    bad = [b for b in base_maps if b not in BASE_MAPS]
+    if bad or not base_maps:
+        raise InputError(f"--base-maps: unknown {', '.join(bad) or '(none given)'} (known: {', '.join(BASE_MAPS)}; "
+                         "e.g. --base-maps a)")
+    if args.randomize_strength is not None and not args.randomize:
+        raise InputError("--randomize-strength needs --randomize")
+    strength = 1.0 if args.randomize_strength is None else args.randomize_strength
+    if not 0.0 <= strength <= 1.0:
+        raise InputError("--randomize-strength must be within 0..1")
     extra = {} if args.finding_difficulty is None else {"finding_difficulty": _finding_difficulty(args.finding_difficulty)}
     cfg = SynthConfig(seed=args.seed, centers=centers, prevalence=_prevalence(args.prevalence),
-                      difficulty=args.difficulty, working_mm=args.working_mm, motion=not args.no_motion, **extra)
+                      difficulty=args.difficulty, working_mm=args.working_mm, motion=not args.no_motion,
+                      base_maps=base_maps, randomize=args.randomize, randomize_strength=strength, **extra)
     path = synthesize_cohort(args.n, args.out, cfg, workers=args.workers, progress=not args.quiet)
-    print(f"wrote {args.n} synthetic cases and {path} (synthetic test bed, not clinical data)")
+    kind = f"domain-randomised (strength {strength:g}) " if args.randomize else ""
+    print(f"wrote {args.n} {kind}synthetic cases and {path} (synthetic test bed, not clinical data)")
     return 0

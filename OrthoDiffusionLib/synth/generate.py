@@ -3,7 +3,9 @@
 Determinism: every case draws from ``numpy.random.SeedSequence(seed, spawn_key=(index, stream))``
 with one stream per component (meta, anatomy, sequences, geometry, bias, noise, motion, EHR and
 one per finding), so a case depends only on (seed, index) - not on worker count or order - and
-switching one finding on or off leaves every other random draw unchanged.
+switching one finding on or off leaves every other random draw unchanged. Domain randomisation
+(``randomize``, off by default) draws from two streams of its own (domain, texture), so a
+randomised case has the anatomy, findings, sequences and EHR of the plain case of the same seed.
 """
 
 from __future__ import annotations
@@ -21,13 +23,14 @@ from .contrast import CENTERS, SNR_3T_FACTOR, Sequence, get_center, sample_seque
 from .deform import pack, sample_spatial, unpack, warp_packed
 from .ehr import sample_ehr, sample_findings
 from .findings import FINDING_KEYS, SEVERITY_DRAW, finding_severity, finding_size, inject
+from .randomize import DomainRanges, draw_domain, render_randomized, texture_field
 from .shapes import Grid
-from .template import load_template
+from .template import BASE_MAPS, load_template
 
 INTENSITY_GAIN = 2000.0  # fixed signal -> int16 scale (content independent)
 SPLITS = ("train", "val", "test")
 _STREAMS = {"meta": 0, "anatomy": 1, "sequence": 2, "geometry": 3, "bias": 4, "noise": 5,
-            "motion": 6, "ehr": 7}
+            "motion": 6, "ehr": 7, "domain": 8, "texture": 9}
 
 # Calibrated per-finding difficulty (issue #3; docs/testbed.md "Difficulty",
 # scripts/calibrate_difficulty.py): chosen so that the from-scratch 3D CNN baseline trained on
@@ -56,6 +59,10 @@ class SynthConfig:
     split_fractions: tuple[float, float, float] = (0.7, 0.15, 0.15)
     snr_scale: float = 1.0           # extra SNR multiplier (tests)
     protocol: dict | None = None     # plane -> sequence name, overrides the centre's protocol
+    # domain randomisation (synth/randomize.py): off keeps the documented test bed bit for bit
+    randomize: bool = False
+    randomize_strength: float = 1.0  # 0 (physics values) .. 1 (full ranges)
+    domain_ranges: DomainRanges = DomainRanges()
 
     def __post_init__(self):
         bad = [k for k in self.finding_difficulty if k not in FINDING_KEYS]
@@ -64,6 +71,12 @@ class SynthConfig:
         out = [k for k, v in self.finding_difficulty.items() if not 0.0 <= float(v) <= 1.0]
         if out:
             raise ValueError(f"finding_difficulty[{out[0]!r}] must be within 0..1")
+        if not 0.0 <= float(self.randomize_strength) <= 1.0:
+            raise ValueError("randomize_strength must be within 0..1")
+        unknown = [b for b in self.base_maps if b not in BASE_MAPS]
+        if unknown or not self.base_maps:
+            raise ValueError(f"base_maps: unknown {unknown[0]!r} (known: {', '.join(BASE_MAPS)})" if unknown
+                             else "base_maps: give at least one of " + ", ".join(BASE_MAPS))
 
     def difficulty_of(self, key: str) -> float:
         """Difficulty of finding ``key``: its ``finding_difficulty`` entry, else ``difficulty``."""
@@ -121,6 +134,19 @@ def study_ids(seed: int, index: int) -> tuple[str, str]:
     return f"SYN{seed}-{index:05d}", f"SYN{seed}-P{index:05d}"
 
 
+def _base_and_center(meta_rng: np.random.Generator, config: SynthConfig):
+    base = config.base_maps[int(meta_rng.integers(len(config.base_maps)))]
+    return base, get_center(config.centers[int(meta_rng.integers(len(config.centers)))])
+
+
+def case_domain(index: int, config: SynthConfig) -> dict:
+    """The randomisation parameters case ``index`` draws (what ``case.json`` records, without the
+    per-stack ``tissue_means``, which need the rendered sequence), in microseconds, no rendering."""
+    _, center = _base_and_center(_rng(config.seed, index, _STREAMS["meta"]), config)
+    return draw_domain(_rng(config.seed, index, _STREAMS["domain"]), center, config.randomize_strength,
+                       config.domain_ranges)
+
+
 def generate_case(index: int, config: SynthConfig = SynthConfig(), *,
                   force_findings: dict[str, int] | None = None,
                   noise_seed: int | None = None) -> Case:
@@ -131,8 +157,7 @@ def generate_case(index: int, config: SynthConfig = SynthConfig(), *,
     """
     seed = config.seed
     meta_rng = _rng(seed, index, _STREAMS["meta"])
-    base = config.base_maps[int(meta_rng.integers(len(config.base_maps)))]
-    center = get_center(config.centers[int(meta_rng.integers(len(config.centers)))])
+    base, center = _base_and_center(meta_rng, config)
     field_t = 3.0 if meta_rng.random() < center.p_3t else 1.5
     findings = sample_findings(meta_rng, config.prevalence)
     split_u = meta_rng.random()
@@ -163,24 +188,36 @@ def generate_case(index: int, config: SynthConfig = SynthConfig(), *,
                  else _rng(seed, index, _STREAMS["noise"]))
     motion_rng = _rng(seed, index, _STREAMS["motion"])
     snr = center.snr_1p5 * (SNR_3T_FACTOR if field_t > 2 else 1.0) * config.snr_factor
+    domain = texture = None
+    if config.randomize:
+        domain = case_domain(index, config)
+        texture = texture_field(_rng(seed, index, _STREAMS["texture"]), tissue.shape, tp.grid.spacing)
     stacks: dict[str, Stack] = {}
     for plane in PLANES:
         seq_name = (config.protocol or center.protocol).get(plane, center.protocol[plane])
         seq = sample_sequence(seq_name, seq_rng, center)
         lut = signal_lut(table, seq, gamma=center.gamma) * np.float32(INTENSITY_GAIN)
-        geom = sample_geometry(plane, center_mm, center.inplane_mm, center.matrix, center.slice_mm,
-                               center.gap_mm, geo_rng)
-        img = render_signal(lut[tissue], tp.grid, geom)
-        bias = bias_field(geom, center_mm, center.bias_strength, bias_rng)
+        sigma = float(lut[T.MUSCLE]) / snr
+        if domain is None:
+            geom = sample_geometry(plane, center_mm, center.inplane_mm, center.matrix, center.slice_mm,
+                                   center.gap_mm, geo_rng)
+            img = render_signal(lut[tissue], tp.grid, geom)
+            bias_strength = center.bias_strength
+        else:
+            p = domain["planes"][plane]
+            geom = sample_geometry(plane, center_mm, p["inplane_mm"], p["matrix"], p["slice_mm"], p["gap_mm"], geo_rng)
+            img = render_randomized(tissue, tp.grid, geom, lut, p, domain["inverted"], config.lesion_contrast,
+                                    texture)
+            bias_strength, sigma = p["bias_strength"], sigma * p["noise_factor"]
+        bias = bias_field(geom, center_mm, bias_strength, bias_rng)
         if config.bias:
             img *= bias
         moved = bool(motion_rng.random() < center.motion_prob)
         if config.motion and moved:
             img = motion_ringing(img, motion_rng)
-        sigma = float(lut[T.MUSCLE]) / snr
         img = add_rician(img, sigma, noise_rng)
-        stacks[plane] = Stack(geom, seq, img, render_labels(struct, tp.grid, geom), sigma, snr,
-                              bool(config.motion and moved))
+        stacks[plane] = Stack(geom, seq, img, render_labels(struct, tp.grid, geom), sigma,
+                              snr if domain is None else snr / p["noise_factor"], bool(config.motion and moved))
     ehr = sample_ehr(_rng(seed, index, _STREAMS["ehr"]), findings, config.missing_rate)
     fr = np.cumsum(config.split_fractions) / np.sum(config.split_fractions)
     split = SPLITS[int(np.searchsorted(fr, split_u, side="right"))] if split_u < fr[-1] else SPLITS[-1]
@@ -196,6 +233,8 @@ def generate_case(index: int, config: SynthConfig = SynthConfig(), *,
                     "anisotropy": spatial.anisotropy, "mirror": spatial.mirror,
                     "elastic_mm": spatial.elastic_mm},
     }
+    if domain is not None:  # absent otherwise: plain cases keep their case.json byte for byte
+        meta["randomization"] = domain
     return Case(index, sid, pid, tp.grid, tissue, struct, lesion, stacks, findings, ehr, meta)
 
 
@@ -245,7 +284,7 @@ def write_case(case: Case, out_dir: str | os.PathLike) -> dict:
     m = case.meta
     row.update({"center": m["center"], "field_strength": m["field_strength"], "vendor": m["vendor"],
                 "annotated_classes": ";".join(m["annotated_classes"]), "split": m["split"],
-                "side": m["side"]})
+                "side": m["side"], "base_map": m["base_map"]})
     atomic_write_json(folder / "case.json", {"study_id": case.study_id, "findings": case.findings,
                                              "ehr": case.ehr, "stacks": stacks_meta, **m,
                                              "disclaimer": "synthetic test bed, not clinical data"})
