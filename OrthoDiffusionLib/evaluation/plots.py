@@ -1,29 +1,18 @@
 """Matplotlib figures for evaluation reports (Agg canvas, no pyplot state; atomic PNG writes).
 
 Every figure carries the research-use disclaimer as a footer and in the PNG "Description" field:
-:func:`figure_png` is the one place a figure becomes a PNG (also for the HTML reports in reports/).
+:func:`OrthoDiffusionLib.figures.figure_png` is the one place a figure becomes a PNG.
 """
 
 from __future__ import annotations
 
-import io
 import math
 
 import numpy as np
-from matplotlib.backends.backend_agg import FigureCanvasAgg
-from matplotlib.figure import Figure
 
-from .. import DISCLAIMER
-from ..storage import atomic_write_bytes
+from ..figures import figure_png, new_figure, save_figure  # noqa: F401  (the one figure saver)
 
 PLANE_COLOURS = ("#4C72B0", "#DD8452", "#55A868")
-
-
-def new_figure(figsize: tuple) -> Figure:
-    """A figure on its own Agg canvas: no pyplot state, safe in threads and without a display."""
-    fig = Figure(figsize=figsize)
-    FigureCanvasAgg(fig)
-    return fig
 
 
 def _figure(n_panels: int = 1, ncols: int = 4, panel: float = 3.0, wide: tuple | None = None):
@@ -35,21 +24,6 @@ def _figure(n_panels: int = 1, ncols: int = 4, panel: float = 3.0, wide: tuple |
     fig = new_figure((panel * ncols, panel * nrows + 0.6))
     axes = [fig.add_subplot(nrows, ncols, i + 1) for i in range(n_panels)]
     return fig, axes
-
-
-def figure_png(fig: Figure, title: str, dpi: int = 110, metadata: dict | None = None) -> bytes:
-    """The PNG of ``fig`` with ``title`` on top, the disclaimer as its footer and in its metadata
-    (``metadata``: more PNG text fields, e.g. a layout that a reader of the figure needs)."""
-    fig.suptitle(title, fontsize=12)
-    fig.text(0.5, 0.005, DISCLAIMER, ha="center", va="bottom", fontsize=8, style="italic", color="#444444")
-    fig.tight_layout(rect=(0, 0.03, 1, 0.96))
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=dpi, metadata={**(metadata or {}), "Title": title, "Description": DISCLAIMER})
-    return buf.getvalue()
-
-
-def save_figure(fig: Figure, path, title: str, dpi: int = 110, metadata: dict | None = None) -> None:
-    atomic_write_bytes(path, figure_png(fig, title, dpi, metadata))
 
 
 def _fmt_ci(v, lo, hi) -> str:

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..evaluation.plots import PLANE_COLOURS, figure_png, new_figure
+from ..evaluation.plots import PLANE_COLOURS
+from ..figures import figure_png, new_figure
 from ..planes import PLANES
 
 REPORT_DPI = 90  # smaller than the evaluation PNGs: a cohort report embeds a dozen of them

@@ -13,28 +13,18 @@ from .rng import rank_seed
 from .runlog import read_log
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
 def save_samples_png(path: Path, model, schedule: CosineSchedule, shape, n: int, steps: int, seed: int,
                      device, real: np.ndarray | None, title: str) -> Path:
     """``n`` DDIM samples from a fixed start noise (comparable across steps), central slice."""
-    from ..storage import atomic_path
+    from ..figures import new_figure, save_figure
 
-    plt = _pyplot()
     g = torch.Generator(device="cpu").manual_seed(rank_seed(seed, 0, 77))
     noise = torch.randn((n, 1, *shape), generator=g)
 
     x = schedule.ddim_sample(model, steps=steps, device=device, noise=noise).cpu().numpy()
     cols = n + (1 if real is not None else 0)
-    fig, axes = plt.subplots(1, cols, figsize=(2.4 * cols, 2.7))
-    axes = np.atleast_1d(axes)
+    fig = new_figure((2.4 * cols, 3.1))
+    axes = [fig.add_subplot(1, cols, i + 1) for i in range(cols)]
     mid = shape[0] // 2
     for i in range(n):
         axes[i].imshow(x[i, 0, mid], cmap="gray", vmin=-1, vmax=1)
@@ -44,24 +34,20 @@ def save_samples_png(path: Path, model, schedule: CosineSchedule, shape, n: int,
         axes[-1].set_title("training volume", fontsize=8)
     for a in axes:
         a.axis("off")
-    fig.suptitle(title, fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=90, format="png")
-    plt.close(fig)
+    save_figure(fig, path, title, dpi=90)
     return path
 
 
 def plot_loss(log_csv: Path, png: Path, title: str = "") -> Path:
     """Training loss (per step and a running mean) and the held-out loss, log scale."""
-    from ..storage import atomic_path
+    from ..figures import new_figure, save_figure
 
-    plt = _pyplot()
     rows = read_log(log_csv)
     steps = np.array([int(r["step"]) for r in rows])
     loss = np.array([float(r["loss"]) for r in rows])
     ev = [(int(r["step"]), float(r["heldout_loss"])) for r in rows if r.get("heldout_loss")]
-    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    fig = new_figure((5.5, 3.8))
+    ax = fig.add_subplot(1, 1, 1)
     if len(loss):
         ax.plot(steps, loss, color="0.75", lw=0.8, label="train loss (per step)")
         k = max(1, min(25, len(loss) // 10))
@@ -76,9 +62,5 @@ def plot_loss(log_csv: Path, png: Path, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    with atomic_path(png) as tmp:
-        fig.savefig(tmp, dpi=100, format="png")
-    plt.close(fig)
+    save_figure(fig, png, title or "pretraining loss", dpi=100)
     return png

@@ -15,7 +15,7 @@ LIB = REPO / "OrthoDiffusionLib"
 # Low to high: a unit may import its own layer and the layers below, never one above.
 LAYERS = [
     {"__init__", "errors", "planes", "storage", "ownership", "resources", "labelsets", "device", "runtime", "ehr",
-     "csvsafe", "diskspace"},
+     "csvsafe", "diskspace", "figures"},
     {"io", "backbone"},
     {"synth", "jobs", "features"},
     {"heads"},
